@@ -1,0 +1,189 @@
+//! One request per connection, read incrementally: the head, then the body
+//! by `Content-Length` or chunks.
+
+use super::chunked::ChunkedDecoder;
+use super::head::{parse_head, BodyLength, RequestHead};
+use super::HttpError;
+
+/// Bounds on what one request may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest request head, blank line included (beyond: 431).
+    pub max_head_bytes: usize,
+    /// The most header lines (beyond: 431).
+    pub max_headers: usize,
+    /// The longest body, after chunked decoding (beyond: 413).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the reader needs next, or what it has.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// More bytes are needed.
+    NeedMore,
+    /// The head asks for `100 Continue` before the body is sent; the caller
+    /// writes it once, then goes on feeding bytes.
+    SendContinue,
+    /// The whole request is in.
+    Complete,
+}
+
+/// A complete request: its head and its (decoded) body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The parsed head.
+    pub head: &'a RequestHead,
+    /// The body, de-chunked.
+    pub body: &'a [u8],
+}
+
+#[derive(Debug)]
+enum Phase {
+    Head,
+    Body,
+    Complete,
+}
+
+/// Reads one HTTP/1.x request from bytes fed in any pieces.
+///
+/// Bytes after the request (a pipelined second request) are kept but never
+/// read: the protocol allows one request per connection.
+#[derive(Debug)]
+pub struct RequestReader {
+    limits: Limits,
+    buf: Vec<u8>,
+    phase: Phase,
+    head: Option<RequestHead>,
+    chunked: Option<(ChunkedDecoder, usize, Vec<u8>)>,
+    continue_sent: bool,
+    /// Where the search for the head's end resumes, so a head that arrives a
+    /// byte at a time is not re-parsed from the start each time.
+    scanned: usize,
+}
+
+impl RequestReader {
+    /// A reader for one request within `limits`.
+    pub fn new(limits: Limits) -> RequestReader {
+        RequestReader {
+            limits,
+            buf: Vec::new(),
+            phase: Phase::Head,
+            head: None,
+            chunked: None,
+            continue_sent: false,
+            scanned: 0,
+        }
+    }
+
+    /// Whether any byte of a request has arrived.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Takes more bytes and says what is needed next.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Progress, HttpError> {
+        if matches!(self.phase, Phase::Complete) {
+            return Ok(Progress::Complete);
+        }
+        self.buf.extend_from_slice(data);
+        self.advance()
+    }
+
+    fn advance(&mut self) -> Result<Progress, HttpError> {
+        if matches!(self.phase, Phase::Head) {
+            let parsed = if self.head_may_be_complete() {
+                parse_head(&self.buf, self.limits.max_headers)?
+            } else {
+                None
+            };
+            let Some(head) = parsed else {
+                if self.buf.len() > self.limits.max_head_bytes {
+                    return Err(HttpError::HeadTooLarge);
+                }
+                return Ok(Progress::NeedMore);
+            };
+            if head.len > self.limits.max_head_bytes {
+                return Err(HttpError::HeadTooLarge);
+            }
+            match head.body {
+                BodyLength::Exact(n) if n > self.limits.max_body_bytes as u64 => {
+                    return Err(HttpError::BodyTooLarge)
+                }
+                BodyLength::Chunked => {
+                    self.chunked = Some((ChunkedDecoder::default(), head.len, Vec::new()))
+                }
+                _ => {}
+            }
+            self.head = Some(head);
+            self.phase = Phase::Body;
+        }
+
+        let head = self.head.as_ref().expect("head is parsed in the body phase");
+        let received = &self.buf[head.len..];
+        let complete = match (&head.body, &mut self.chunked) {
+            (BodyLength::Empty, _) => true,
+            (BodyLength::Exact(n), _) => received.len() as u64 >= *n,
+            (BodyLength::Chunked, Some((decoder, consumed, body))) => {
+                let limit = self.limits.max_body_bytes;
+                *consumed += decoder.decode(&self.buf[*consumed..], body, limit)?;
+                // Framing (size lines, extensions, trailers) may not grow
+                // the raw bytes without bound either.
+                if self.buf.len() - head.len > 2 * limit + 4096 {
+                    return Err(HttpError::BodyTooLarge);
+                }
+                decoder.is_done()
+            }
+            (BodyLength::Chunked, None) => unreachable!("a chunked head sets up its decoder"),
+        };
+
+        if complete {
+            self.phase = Phase::Complete;
+            return Ok(Progress::Complete);
+        }
+        if head.expects_continue && !self.continue_sent {
+            self.continue_sent = true;
+            return Ok(Progress::SendContinue);
+        }
+        Ok(Progress::NeedMore)
+    }
+
+    /// Looks for the blank line that ends a head in the bytes not yet
+    /// scanned. A head without one cannot be complete.
+    fn head_may_be_complete(&mut self) -> bool {
+        let start = self.scanned.saturating_sub(3);
+        let found = self.buf[start..].windows(2).any(|w| w == b"\n\n")
+            || self.buf[start..].windows(4).any(|w| w == b"\r\n\r\n");
+        self.scanned = self.buf.len();
+        found
+    }
+
+    /// The complete request, once [`feed`](Self::feed) said so.
+    pub fn request(&self) -> Option<Request<'_>> {
+        if !matches!(self.phase, Phase::Complete) {
+            return None;
+        }
+        let head = self.head.as_ref()?;
+        let body = match (&head.body, &self.chunked) {
+            (BodyLength::Empty, _) => &[][..],
+            (BodyLength::Exact(n), _) => &self.buf[head.len..head.len + *n as usize],
+            (BodyLength::Chunked, Some((_, _, body))) => &body[..],
+            (BodyLength::Chunked, None) => return None,
+        };
+        Some(Request { head, body })
+    }
+
+    /// Bytes held for this request, for accounting.
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity() + self.chunked.as_ref().map_or(0, |(_, _, b)| b.capacity())
+    }
+}
