@@ -25,7 +25,11 @@ static DECODE: [u8; 256] = decode_table();
 pub fn encode(input: &[u8]) -> String {
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let sextets = [n >> 18, n >> 12, n >> 6, n];
         for (i, s) in sextets.iter().enumerate() {
@@ -117,7 +121,11 @@ mod tests {
         let data: Vec<u8> = (0u8..=255).collect();
         for len in 0..10 {
             let encoded = encode(&data[..len]);
-            assert_eq!(decode(encoded.as_bytes()).as_deref(), Ok(&data[..len]), "len {len}: {encoded}");
+            assert_eq!(
+                decode(encoded.as_bytes()).as_deref(),
+                Ok(&data[..len]),
+                "len {len}: {encoded}"
+            );
         }
     }
 

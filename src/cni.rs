@@ -312,9 +312,16 @@ impl PodRequest {
         let command = Command::parse(&get(&env, "CNI_COMMAND", DecodeError::MissingCommand)?);
         let sandbox_id = get(&env, "CNI_CONTAINERID", DecodeError::MissingContainerId)?;
         let netns = get(&env, "CNI_NETNS", DecodeError::MissingNetns)?;
-        let ifname = env.get("CNI_IFNAME").cloned().unwrap_or_else(|| "eth0".to_owned());
+        let ifname = env
+            .get("CNI_IFNAME")
+            .cloned()
+            .unwrap_or_else(|| "eth0".to_owned());
         let cni_args = parse_cni_args(env.get("CNI_ARGS").ok_or(DecodeError::MissingArgs)?)?;
-        let pod_namespace = get(&cni_args, "K8S_POD_NAMESPACE", DecodeError::MissingPodNamespace)?;
+        let pod_namespace = get(
+            &cni_args,
+            "K8S_POD_NAMESPACE",
+            DecodeError::MissingPodNamespace,
+        )?;
         let pod_name = get(&cni_args, "K8S_POD_NAME", DecodeError::MissingPodName)?;
 
         Ok(PodRequest {

@@ -41,4 +41,6 @@ pub mod server;
 pub mod socket;
 
 pub use cni::{decode_body, CniRequest, Command, DecodeError, PodRequest, DEFAULT_SOCKET_PATH};
-pub use server::{PodError, PodResult, ReplyHandle, Server, ServerConfig, ShutdownHandle};
+pub use server::{
+    shutdown_on_signals, PodError, PodResult, ReplyHandle, Server, ServerConfig, ShutdownHandle,
+};

@@ -41,15 +41,22 @@ impl BoundSocket {
     pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
         let folder = match path.parent() {
             Some(folder) if !folder.as_os_str().is_empty() => folder,
-            _ => return Err(SocketError::new(path, "has no folder; give a path like /run/x/cni.sock")),
+            _ => {
+                return Err(SocketError::new(
+                    path,
+                    "has no folder; give a path like /run/x/cni.sock",
+                ))
+            }
         };
         prepare_folder(folder)?;
         clear_stale_socket(path)?;
 
-        let listener = UnixListener::bind(path).map_err(|e| SocketError::io(path, "cannot bind", e))?;
+        let listener =
+            UnixListener::bind(path).map_err(|e| SocketError::io(path, "cannot bind", e))?;
         fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(|e| SocketError::io(path, "cannot set mode 0600 on", e))?;
-        let meta = fs::symlink_metadata(path).map_err(|e| SocketError::io(path, "cannot stat", e))?;
+        let meta =
+            fs::symlink_metadata(path).map_err(|e| SocketError::io(path, "cannot stat", e))?;
 
         let file = SocketFile {
             path: path.to_owned(),
@@ -61,7 +68,10 @@ impl BoundSocket {
     /// Wraps a socket that is already listening, such as one handed over by
     /// a service manager. Its file is never removed.
     pub fn adopt(listener: UnixListener, path: PathBuf) -> BoundSocket {
-        let file = SocketFile { path, identity: None };
+        let file = SocketFile {
+            path,
+            identity: None,
+        };
         BoundSocket { listener, file }
     }
 
@@ -91,7 +101,9 @@ impl SocketFile {
     /// Removes the socket file, if it is still the one this server bound: a
     /// newer server may already have replaced it.
     pub fn remove(&self) {
-        let Some(identity) = self.identity else { return };
+        let Some(identity) = self.identity else {
+            return;
+        };
         if let Ok(meta) = fs::symlink_metadata(&self.path) {
             if (meta.dev(), meta.ino()) == identity {
                 let _ = fs::remove_file(&self.path);
@@ -105,7 +117,8 @@ fn prepare_folder(folder: &Path) -> Result<(), SocketError> {
         Ok(meta) => check_folder(folder, &meta),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(above) = folder.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(above).map_err(|e| SocketError::io(above, "cannot create folder", e))?;
+                fs::create_dir_all(above)
+                    .map_err(|e| SocketError::io(above, "cannot create folder", e))?;
             }
             match fs::DirBuilder::new().mode(FOLDER_MODE).create(folder) {
                 Ok(()) => {
@@ -128,7 +141,10 @@ fn prepare_folder(folder: &Path) -> Result<(), SocketError> {
 
 fn check_folder(folder: &Path, meta: &fs::Metadata) -> Result<(), SocketError> {
     if meta.file_type().is_symlink() {
-        return Err(SocketError::new(folder, "is a symlink; the socket folder must be a real folder"));
+        return Err(SocketError::new(
+            folder,
+            "is a symlink; the socket folder must be a real folder",
+        ));
     }
     if !meta.is_dir() {
         return Err(SocketError::new(folder, "is not a folder"));
@@ -137,7 +153,10 @@ fn check_folder(folder: &Path, meta: &fs::Metadata) -> Result<(), SocketError> {
     if meta.uid() != euid {
         return Err(SocketError::new(
             folder,
-            &format!("is owned by uid {}, not by this server's uid {euid}", meta.uid()),
+            &format!(
+                "is owned by uid {}, not by this server's uid {euid}",
+                meta.uid()
+            ),
         ));
     }
     let mode = meta.mode() & 0o7777;
@@ -157,13 +176,18 @@ fn clear_stale_socket(path: &Path) -> Result<(), SocketError> {
         Err(e) => return Err(SocketError::io(path, "cannot stat", e)),
     };
     if !meta.file_type().is_socket() {
-        return Err(SocketError::new(path, "exists and is not a socket; refusing to remove it"));
+        return Err(SocketError::new(
+            path,
+            "exists and is not a socket; refusing to remove it",
+        ));
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err(SocketError::new(path, "has a live server listening; stop it first")),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            fs::remove_file(path).map_err(|e| SocketError::io(path, "cannot remove stale socket", e))
-        }
+        Ok(_) => Err(SocketError::new(
+            path,
+            "has a live server listening; stop it first",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)
+            .map_err(|e| SocketError::io(path, "cannot remove stale socket", e)),
         Err(e) => Err(SocketError::io(path, "cannot probe existing socket", e)),
     }
 }

@@ -68,7 +68,9 @@ impl ChunkedDecoder {
                     if rest.is_empty() {
                         return Ok(pos);
                     }
-                    let take = rest.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let take = rest
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     body.extend_from_slice(&rest[..take]);
                     pos += take;
                     let left = remaining - take as u64;
@@ -155,9 +157,17 @@ mod tests {
     fn rejects_bad_framing() {
         let cases: &[(&str, &[u8], HttpError)] = &[
             ("size not hex", b"zz\r\n", HttpError::BadChunk),
-            ("data longer than size", b"2\r\nabc\r\n", HttpError::BadChunk),
+            (
+                "data longer than size",
+                b"2\r\nabc\r\n",
+                HttpError::BadChunk,
+            ),
             ("bare LF after data", b"2\r\nab\n", HttpError::BadChunk),
-            ("chunk over the limit", b"200000\r\n", HttpError::BodyTooLarge),
+            (
+                "chunk over the limit",
+                b"200000\r\n",
+                HttpError::BodyTooLarge,
+            ),
         ];
         for (name, input, want) in cases {
             assert_eq!(decode_all(input).map(|_| ()), Err(*want), "{name}");

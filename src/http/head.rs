@@ -94,7 +94,11 @@ pub fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<RequestHead>,
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case("expect") {
-            if !header.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            if !header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+            {
                 return Err(HttpError::UnsupportedExpectation);
             }
             expects_continue = true;
@@ -140,7 +144,9 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     }
     digits
         .iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .ok_or(HttpError::BadLength)
 }
 

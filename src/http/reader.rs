@@ -128,7 +128,10 @@ impl RequestReader {
             self.phase = Phase::Body;
         }
 
-        let head = self.head.as_ref().expect("head is parsed in the body phase");
+        let head = self
+            .head
+            .as_ref()
+            .expect("head is parsed in the body phase");
         let received = &self.buf[head.len..];
         let complete = match (&head.body, &mut self.chunked) {
             (BodyLength::Empty, _) => true,

@@ -40,7 +40,11 @@ pub fn write(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &[u
     for (name, value) in headers {
         let _ = write!(out, "{name}: {value}\r\n");
     }
-    let _ = write!(out, "Connection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    let _ = write!(
+        out,
+        "Connection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     out.extend_from_slice(body);
 }
 
@@ -60,13 +64,21 @@ pub fn error_text(out: &mut Vec<u8>, status: u16, message: &str) {
 
 /// An error answer whose body is sent as given (a CNI error JSON, say).
 pub fn error_body(out: &mut Vec<u8>, status: u16, body: &[u8]) {
-    let headers = [("Content-Type", TEXT_PLAIN), ("X-Content-Type-Options", "nosniff")];
+    let headers = [
+        ("Content-Type", TEXT_PLAIN),
+        ("X-Content-Type-Options", "nosniff"),
+    ];
     write(out, status, &headers, body);
 }
 
 /// 404 for any path the server does not serve, with Go's body.
 pub fn not_found(out: &mut Vec<u8>) {
-    write(out, 404, &[("Content-Type", TEXT_PLAIN)], b"404 page not found\n");
+    write(
+        out,
+        404,
+        &[("Content-Type", TEXT_PLAIN)],
+        b"404 page not found\n",
+    );
 }
 
 /// 405 for a method the path does not serve.
@@ -78,7 +90,12 @@ pub fn method_not_allowed(out: &mut Vec<u8>, allow: &str) {
 /// The answer to a request that could not be read.
 pub fn http_error(out: &mut Vec<u8>, error: HttpError) {
     let body = format!("{error}\n");
-    write(out, error.status(), &[("Content-Type", TEXT_PLAIN)], body.as_bytes());
+    write(
+        out,
+        error.status(),
+        &[("Content-Type", TEXT_PLAIN)],
+        body.as_bytes(),
+    );
 }
 
 #[cfg(test)]

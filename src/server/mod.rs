@@ -95,7 +95,11 @@ impl Server {
 
     /// Serves on a socket that already listens, such as one passed by
     /// systemd socket activation. Its file is left in place at exit.
-    pub fn from_listener(listener: UnixListener, path: PathBuf, config: ServerConfig) -> io::Result<Server> {
+    pub fn from_listener(
+        listener: UnixListener,
+        path: PathBuf,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
         Server::with_socket(BoundSocket::adopt(listener, path), config)
     }
 
@@ -158,4 +162,27 @@ impl ShutdownHandle {
     pub fn is_shutting_down(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
+}
+
+/// Shuts the server down on SIGTERM or SIGINT.
+///
+/// Call it from the main thread before any other thread starts: it blocks
+/// both signals in the calling thread (threads started later inherit that)
+/// and waits for them on a thread of its own, so no signal handler runs.
+pub fn shutdown_on_signals(handle: ShutdownHandle) -> io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().map_err(io::Error::from)?;
+
+    std::thread::Builder::new()
+        .name("cniserver-signals".into())
+        .spawn(move || {
+            if signals.wait().is_ok() {
+                handle.shutdown();
+            }
+        })?;
+    Ok(())
 }

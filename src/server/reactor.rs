@@ -89,7 +89,8 @@ impl Reactor {
         } = server;
         let (listener, socket_file) = socket.into_parts();
         let mut listener = UnixListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
 
         Ok(Reactor {
             poll,
@@ -116,11 +117,12 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
 
         loop {
-            let timeout = if self.conns.is_empty() && !self.accept_paused && self.draining_until.is_none() {
-                None
-            } else {
-                Some(SWEEP_INTERVAL)
-            };
+            let timeout =
+                if self.conns.is_empty() && !self.accept_paused && self.draining_until.is_none() {
+                    None
+                } else {
+                    Some(SWEEP_INTERVAL)
+                };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -154,7 +156,9 @@ impl Reactor {
 
     fn accept<H: FnMut(PodRequest, ReplyHandle)>(&mut self, handler: &mut H) {
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             let mut stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -175,7 +179,12 @@ impl Reactor {
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if self.poll.registry().register(&mut stream, Token(key), interest).is_err() {
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(key), interest)
+                .is_err()
+            {
                 continue;
             }
             self.next_request_id += 1;
@@ -201,7 +210,9 @@ impl Reactor {
         event: &mio::event::Event,
         handler: &mut H,
     ) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         match conn.phase {
             Phase::Reading => {
                 if event.is_writable() && conn.written < conn.out.len() {
@@ -224,7 +235,9 @@ impl Reactor {
 
     fn read_request<H: FnMut(PodRequest, ReplyHandle)>(&mut self, key: usize, handler: &mut H) {
         loop {
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             if conn.phase != Phase::Reading {
                 return;
             }
@@ -256,7 +269,9 @@ impl Reactor {
     /// answered here.
     fn dispatch<H: FnMut(PodRequest, ReplyHandle)>(&mut self, key: usize, handler: &mut H) {
         let conn = &mut self.conns[key];
-        let Some(request) = conn.reader.request() else { return };
+        let Some(request) = conn.reader.request() else {
+            return;
+        };
         let mut out = Vec::new();
 
         if request.head.path != "/" {
@@ -304,7 +319,9 @@ impl Reactor {
 
     /// Queues an answer and starts writing it.
     fn respond(&mut self, key: usize, answer: &[u8]) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         conn.out.extend_from_slice(answer);
         conn.phase = Phase::Writing;
         // A client that never reads its answer is dropped after this.
@@ -314,7 +331,9 @@ impl Reactor {
 
     /// Writes what is pending; a connection whose answer is out is closed.
     fn flush(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         while conn.written < conn.out.len() {
             match conn.stream.write(&conn.out[conn.written..]) {
                 Ok(0) => return self.close(key),
@@ -376,7 +395,9 @@ impl Reactor {
             match phase {
                 Phase::Reading => self.respond_text(key, 408, "request not received in time"),
                 Phase::Handling if grace_over => self.respond_text(key, 503, SHUTTING_DOWN),
-                Phase::Handling => self.respond_text(key, 504, "the handler did not answer in time"),
+                Phase::Handling => {
+                    self.respond_text(key, 504, "the handler did not answer in time")
+                }
                 Phase::Writing => self.close(key),
             }
         }

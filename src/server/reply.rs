@@ -143,7 +143,10 @@ impl Mailbox {
     }
 
     pub fn take(&self, into: &mut Vec<Completion>) {
-        let mut queue = self.completions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queue = self
+            .completions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         std::mem::swap(&mut *queue, into);
     }
 
@@ -219,6 +222,8 @@ impl Drop for ReplyHandle {
 
 impl fmt::Debug for ReplyHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplyHandle").field("request_id", &self.request_id).finish()
+        f.debug_struct("ReplyHandle")
+            .field("request_id", &self.request_id)
+            .finish()
     }
 }
