@@ -42,5 +42,6 @@ pub mod socket;
 
 pub use cni::{decode_body, CniRequest, Command, DecodeError, PodRequest, DEFAULT_SOCKET_PATH};
 pub use server::{
-    shutdown_on_signals, PodError, PodResult, ReplyHandle, Server, ServerConfig, ShutdownHandle,
+    shutdown_on_signals, EventHook, PeerPolicy, PodError, PodResult, ReplyHandle, Server,
+    ServerConfig, ServerEvent, ShutdownHandle,
 };

@@ -98,6 +98,11 @@ impl SocketFile {
         &self.path
     }
 
+    /// Whether the socket was handed in rather than bound here.
+    pub fn is_adopted(&self) -> bool {
+        self.identity.is_none()
+    }
+
     /// Removes the socket file, if it is still the one this server bound: a
     /// newer server may already have replaced it.
     pub fn remove(&self) {

@@ -7,6 +7,7 @@
 //! thread, so it must not block: slow work moves the reply handle to
 //! another thread and answers from there.
 
+mod metrics;
 mod reactor;
 mod reply;
 
@@ -23,9 +24,9 @@ use crate::cni::PodRequest;
 use crate::http::Limits;
 use crate::socket::{BoundSocket, SocketError};
 
-/// How the server bounds its work. Every field has a default fit for a
-/// node's CNI server.
-#[derive(Debug, Clone)]
+/// How the server bounds its work and whom it serves. Every field has a
+/// default fit for a node's CNI server.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Limits on one request's head and body.
     pub limits: Limits,
@@ -40,6 +41,15 @@ pub struct ServerConfig {
     /// At shutdown, how long requests already with the handler may still
     /// take before they are answered 503.
     pub shutdown_grace: Duration,
+    /// Who may talk to the server, checked on each connection after the
+    /// socket's file mode.
+    pub peers: PeerPolicy,
+    /// Told about refusals, timeouts, panics and clients that left. The
+    /// server logs nothing itself.
+    pub on_event: Option<EventHook>,
+    /// Appends the embedder's own metrics to `GET /metrics`, in the text
+    /// exposition format. It runs on the reactor thread: keep it quick.
+    pub extra_metrics: Option<MetricsHook>,
 }
 
 impl Default for ServerConfig {
@@ -50,8 +60,86 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(150),
             shutdown_grace: Duration::from_secs(30),
+            peers: PeerPolicy::SameUser,
+            on_event: None,
+            extra_metrics: None,
         }
     }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("limits", &self.limits)
+            .field("max_connections", &self.max_connections)
+            .field("request_timeout", &self.request_timeout)
+            .field("reply_timeout", &self.reply_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("peers", &self.peers)
+            .field("on_event", &self.on_event.is_some())
+            .field("extra_metrics", &self.extra_metrics.is_some())
+            .finish()
+    }
+}
+
+/// Which peers may talk to the server, judged by their `SO_PEERCRED` uid.
+///
+/// # Background
+///
+/// The socket's folder (0700) and file (0600) already keep other users
+/// out; this second check holds even if a mode is loosened by mistake or
+/// the socket is handed in by a service manager with other permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerPolicy {
+    /// Only processes of the server's own effective uid.
+    SameUser,
+    /// Only processes of these uids.
+    Uids(Vec<u32>),
+    /// Anyone who can open the socket.
+    Anyone,
+}
+
+/// Receives the server's [`ServerEvent`]s, on the reactor thread.
+pub type EventHook = Arc<dyn Fn(&ServerEvent<'_>) + Send + Sync>;
+
+/// Writes extra metrics for `GET /metrics`.
+pub type MetricsHook = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// Something the server did on its own that an operator may want to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent<'a> {
+    /// A peer whose uid the policy does not allow was turned away.
+    PeerRefused {
+        /// The peer's uid.
+        uid: u32,
+        /// The peer's process ID.
+        pid: i32,
+    },
+    /// A connection was turned away because too many were open.
+    ConnectionLimit {
+        /// How many were open.
+        open: usize,
+    },
+    /// Accepting failed for lack of file descriptors; accepting resumes on
+    /// the next sweep.
+    OutOfDescriptors,
+    /// The handler panicked; the client got a 500.
+    HandlerPanicked {
+        /// The request's command.
+        command: &'a str,
+    },
+    /// The handler did not answer within the reply timeout; the client
+    /// got a 504.
+    HandlerTimedOut {
+        /// The request's command.
+        command: &'a str,
+    },
+    /// The client closed its connection before its answer was ready.
+    ClientGone {
+        /// The request's command.
+        command: &'a str,
+    },
 }
 
 /// A CNI server bound to its socket, ready to serve.
@@ -132,9 +220,16 @@ impl Server {
     /// Serves until shut down, calling `handler` on the reactor thread for
     /// every pod request.
     ///
-    /// At shutdown it stops accepting, removes its socket, answers requests
-    /// still being read with 503, gives the handler the grace period for
-    /// requests it holds, and returns.
+    /// Besides `POST /` it answers `GET /healthz` (200 while it runs),
+    /// `GET /readyz` (200, then 503 once shutdown starts) and
+    /// `GET /metrics`.
+    ///
+    /// At shutdown readiness goes false and new pod requests get 503
+    /// "server is shutting down", while requests the handler holds have the
+    /// grace period to finish. Then the socket is removed and `serve`
+    /// returns. A socket handed in by a service manager stops being
+    /// accepted on at once instead, so that new clients wait in its queue
+    /// for the next server.
     pub fn serve<H>(self, handler: H) -> io::Result<()>
     where
         H: FnMut(PodRequest, ReplyHandle),

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,11 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Token};
 use slab::Slab;
 
+use super::metrics::{command_label, label_name, Metrics, Outcome, Refusal, UNDECODED};
 use super::reply::{Completion, Mailbox, PodResult, ReplyHandle};
-use super::{Server, ServerConfig};
+use super::{PeerPolicy, Server, ServerConfig, ServerEvent};
 use crate::cni::{decode_body, PodRequest};
-use crate::http::{response, Method, Progress, RequestReader};
+use crate::http::{response, HttpError, Method, Progress, RequestReader};
 use crate::socket::SocketFile;
 
 pub(super) const LISTENER: Token = Token(usize::MAX - 1);
@@ -33,6 +34,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const READ_CHUNK: usize = 64 * 1024;
 
 const SHUTTING_DOWN: &str = "server is shutting down";
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 /// Where a connection is in its one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,9 @@ struct Connection {
     request_id: u64,
     /// When the current phase runs out of time.
     deadline: Instant,
+    /// While handling: the command's metrics label and when it started.
+    command: usize,
+    started: Instant,
 }
 
 pub(super) struct Reactor {
@@ -65,17 +71,19 @@ pub(super) struct Reactor {
     socket_file: SocketFile,
     config: ServerConfig,
     mailbox: Arc<Mailbox>,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
+    stopping: Arc<AtomicBool>,
     conns: Slab<Connection>,
     next_request_id: u64,
     read_buf: Box<[u8]>,
     completions: Vec<Completion>,
+    metrics: Metrics,
     /// Set once shutdown has begun: when the grace period ends.
     draining_until: Option<Instant>,
     /// Set when accept failed for lack of file descriptors: retry on the
     /// next sweep rather than spin.
     accept_paused: bool,
     last_sweep: Instant,
+    own_uid: u32,
 }
 
 impl Reactor {
@@ -103,9 +111,11 @@ impl Reactor {
             next_request_id: 0,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             completions: Vec::new(),
+            metrics: Metrics::default(),
             draining_until: None,
             accept_paused: false,
             last_sweep: Instant::now(),
+            own_uid: nix::unistd::geteuid().as_raw(),
         })
     }
 
@@ -117,12 +127,9 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
 
         loop {
-            let timeout =
-                if self.conns.is_empty() && !self.accept_paused && self.draining_until.is_none() {
-                    None
-                } else {
-                    Some(SWEEP_INTERVAL)
-                };
+            let idle =
+                self.conns.is_empty() && !self.accept_paused && self.draining_until.is_none();
+            let timeout = if idle { None } else { Some(SWEEP_INTERVAL) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -148,7 +155,8 @@ impl Reactor {
                 self.last_sweep = now;
                 self.sweep(now, &mut handler);
             }
-            if self.draining_until.is_some() && self.conns.is_empty() {
+            if self.draining_until.is_some() && self.drained() {
+                self.finish_shutdown();
                 return Ok(());
             }
         }
@@ -165,6 +173,7 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_out_of_descriptors(&e) => {
                     self.accept_paused = true;
+                    self.emit(ServerEvent::OutOfDescriptors);
                     return;
                 }
                 // The client went away before it was accepted.
@@ -172,7 +181,17 @@ impl Reactor {
             };
 
             if self.conns.len() >= self.config.max_connections {
-                refuse_busy(&mut stream);
+                self.metrics.refused(Refusal::ConnectionLimit);
+                self.emit(ServerEvent::ConnectionLimit {
+                    open: self.conns.len(),
+                });
+                refuse(&mut stream, 503, "too many connections");
+                continue;
+            }
+            if let Some((uid, pid)) = self.refused_peer(&stream) {
+                self.metrics.refused(Refusal::PeerUid);
+                self.emit(ServerEvent::PeerRefused { uid, pid });
+                refuse(&mut stream, 403, &format!("peer uid {uid} is not allowed"));
                 continue;
             }
 
@@ -188,6 +207,7 @@ impl Reactor {
                 continue;
             }
             self.next_request_id += 1;
+            let now = Instant::now();
             entry.insert(Connection {
                 stream,
                 reader: RequestReader::new(self.config.limits),
@@ -195,13 +215,34 @@ impl Reactor {
                 out: Vec::new(),
                 written: 0,
                 request_id: self.next_request_id,
-                deadline: Instant::now() + self.config.request_timeout,
+                deadline: now + self.config.request_timeout,
+                command: UNDECODED,
+                started: now,
             });
 
             // The request has often arrived with the connection: read it now
             // instead of waiting for the readiness event.
             self.read_request(key, handler);
         }
+    }
+
+    /// The peer's uid and pid when the policy turns it away.
+    fn refused_peer(&self, stream: &UnixStream) -> Option<(u32, i32)> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+        if self.config.peers == PeerPolicy::Anyone {
+            return None;
+        }
+        // Without credentials there is nothing to judge by: refuse.
+        let Ok(creds) = getsockopt(stream, PeerCredentials) else {
+            return Some((u32::MAX, 0));
+        };
+        let allowed = match &self.config.peers {
+            PeerPolicy::SameUser => creds.uid() == self.own_uid,
+            PeerPolicy::Uids(uids) => uids.contains(&creds.uid()),
+            PeerPolicy::Anyone => true,
+        };
+        (!allowed).then(|| (creds.uid(), creds.pid()))
     }
 
     fn on_connection_event<H: FnMut(PodRequest, ReplyHandle)>(
@@ -226,6 +267,12 @@ impl Reactor {
                 // A half-closed client may still wait for its answer; one that
                 // hung up entirely will never read it.
                 if event.is_write_closed() || event.is_error() {
+                    let command = conn.command;
+                    self.metrics.in_flight -= 1;
+                    self.metrics.request(command, Outcome::ClientGone, None);
+                    self.emit(ServerEvent::ClientGone {
+                        command: label_name(command),
+                    });
                     self.close(key);
                 }
             }
@@ -256,11 +303,7 @@ impl Reactor {
                     self.flush(key);
                 }
                 Ok(Progress::Complete) => return self.dispatch(key, handler),
-                Err(error) => {
-                    let mut out = Vec::new();
-                    response::http_error(&mut out, error);
-                    return self.respond(key, &out);
-                }
+                Err(error) => return self.respond_http_error(key, error),
             }
         }
     }
@@ -268,32 +311,75 @@ impl Reactor {
     /// Routes a complete request: pod requests to the handler, the rest
     /// answered here.
     fn dispatch<H: FnMut(PodRequest, ReplyHandle)>(&mut self, key: usize, handler: &mut H) {
+        let draining = self.draining_until.is_some();
         let conn = &mut self.conns[key];
         let Some(request) = conn.reader.request() else {
             return;
         };
+        let (method, body) = (request.head.method, request.body);
         let mut out = Vec::new();
 
-        if request.head.path != "/" {
-            response::not_found(&mut out);
-        } else if request.head.method != Method::Post {
-            response::method_not_allowed(&mut out, "POST");
-        } else {
-            match decode_body(request.body) {
-                Err(error) => response::error_text(&mut out, 400, &error.to_string()),
+        match request.head.path.as_str() {
+            "/" if method != Method::Post => response::method_not_allowed(&mut out, "POST"),
+            "/" if draining => {
+                self.metrics.request(UNDECODED, Outcome::ShuttingDown, None);
+                response::error_text(&mut out, 503, SHUTTING_DOWN);
+            }
+            "/" => match decode_body(body) {
+                Err(error) => {
+                    self.metrics.request(UNDECODED, Outcome::Rejected, None);
+                    response::error_text(&mut out, 400, &error.to_string());
+                }
                 Ok(pod) => {
+                    let now = Instant::now();
                     conn.phase = Phase::Handling;
-                    conn.deadline = Instant::now() + self.config.reply_timeout;
+                    conn.deadline = now + self.config.reply_timeout;
+                    conn.command = command_label(&pod.command);
+                    conn.started = now;
+                    self.metrics.in_flight += 1;
                     let reply = ReplyHandle::new(key, conn.request_id, self.mailbox.clone());
                     if catch_unwind(AssertUnwindSafe(|| handler(pod, reply))).is_err() {
+                        self.finish_handling(key, Outcome::Failed);
+                        let command = self.conns[key].command;
+                        self.emit(ServerEvent::HandlerPanicked {
+                            command: label_name(command),
+                        });
                         response::error_text(&mut out, 500, "the handler panicked");
                         self.respond(key, &out);
                     }
                     return;
                 }
+            },
+            "/healthz" | "/readyz" | "/metrics" if method != Method::Get => {
+                response::method_not_allowed(&mut out, "GET")
             }
+            "/healthz" => response::write(&mut out, 200, &[("Content-Type", TEXT_PLAIN)], b"ok\n"),
+            "/readyz" if draining => response::error_text(&mut out, 503, SHUTTING_DOWN),
+            "/readyz" => {
+                response::write(&mut out, 200, &[("Content-Type", TEXT_PLAIN)], b"ready\n")
+            }
+            "/metrics" => self.render_metrics(&mut out),
+            _ => response::not_found(&mut out),
         }
         self.respond(key, &out);
+    }
+
+    fn render_metrics(&self, out: &mut Vec<u8>) {
+        let mut text = String::with_capacity(4096);
+        self.metrics.render(self.conns.len(), &mut text);
+        if let Some(extra) = &self.config.extra_metrics {
+            extra(&mut text);
+        }
+        let content_type = "text/plain; version=0.0.4; charset=utf-8";
+        response::write(out, 200, &[("Content-Type", content_type)], text.as_bytes());
+    }
+
+    /// Counts a request the handler held as done.
+    fn finish_handling(&mut self, key: usize, outcome: Outcome) {
+        let conn = &self.conns[key];
+        let took = conn.started.elapsed();
+        self.metrics.in_flight -= 1;
+        self.metrics.request(conn.command, outcome, Some(took));
     }
 
     fn deliver_completions(&mut self) {
@@ -303,6 +389,7 @@ impl Reactor {
             key,
             request_id,
             result,
+            dropped,
         } in completions.drain(..)
         {
             let waiting = self
@@ -311,6 +398,12 @@ impl Reactor {
                 .is_some_and(|c| c.request_id == request_id && c.phase == Phase::Handling);
             // Otherwise the client left, or timed out and got its answer.
             if waiting {
+                let outcome = match &result {
+                    _ if dropped => Outcome::Failed,
+                    Ok(_) => Outcome::Success,
+                    Err(_) => Outcome::Error,
+                };
+                self.finish_handling(key, outcome);
                 self.respond(key, &answer(&result));
             }
         }
@@ -327,6 +420,13 @@ impl Reactor {
         // A client that never reads its answer is dropped after this.
         conn.deadline = Instant::now() + self.config.request_timeout;
         self.flush(key);
+    }
+
+    fn respond_http_error(&mut self, key: usize, error: HttpError) {
+        self.metrics.http_error(error.status());
+        let mut out = Vec::new();
+        response::http_error(&mut out, error);
+        self.respond(key, &out);
     }
 
     /// Writes what is pending; a connection whose answer is out is closed.
@@ -360,21 +460,28 @@ impl Reactor {
     }
 
     fn begin_shutdown(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
-        self.socket_file.remove();
         self.draining_until = Some(Instant::now() + self.config.shutdown_grace);
-
-        let reading: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.phase == Phase::Reading)
-            .map(|(key, _)| key)
-            .collect();
-        for key in reading {
-            self.respond_text(key, 503, SHUTTING_DOWN);
+        // New clients of a handed-in socket wait in its queue for the next
+        // server; on our own socket they are told we are going.
+        if self.socket_file.is_adopted() {
+            if let Some(mut listener) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
         }
+    }
+
+    /// Whether nothing the handler holds or the server owes is left.
+    fn drained(&self) -> bool {
+        self.conns.iter().all(|(_, c)| c.phase == Phase::Reading)
+    }
+
+    fn finish_shutdown(&mut self) {
+        self.listener = None;
+        self.socket_file.remove();
+        for (_, conn) in self.conns.iter_mut() {
+            refuse(&mut conn.stream, 503, SHUTTING_DOWN);
+        }
+        self.conns.clear();
     }
 
     /// Answers whatever has run out of time.
@@ -393,10 +500,21 @@ impl Reactor {
             .collect();
         for (key, phase) in expired {
             match phase {
-                Phase::Reading => self.respond_text(key, 408, "request not received in time"),
-                Phase::Handling if grace_over => self.respond_text(key, 503, SHUTTING_DOWN),
+                Phase::Reading => {
+                    self.metrics.http_error(408);
+                    self.respond_text(key, 408, "request not received in time");
+                }
+                Phase::Handling if grace_over => {
+                    self.finish_handling(key, Outcome::ShuttingDown);
+                    self.respond_text(key, 503, SHUTTING_DOWN);
+                }
                 Phase::Handling => {
-                    self.respond_text(key, 504, "the handler did not answer in time")
+                    self.finish_handling(key, Outcome::Timeout);
+                    let command = self.conns[key].command;
+                    self.emit(ServerEvent::HandlerTimedOut {
+                        command: label_name(command),
+                    });
+                    self.respond_text(key, 504, "the handler did not answer in time");
                 }
                 Phase::Writing => self.close(key),
             }
@@ -407,6 +525,12 @@ impl Reactor {
         let mut out = Vec::new();
         response::error_text(&mut out, status, text);
         self.respond(key, &out);
+    }
+
+    fn emit(&self, event: ServerEvent<'_>) {
+        if let Some(hook) = &self.config.on_event {
+            hook(&event);
+        }
     }
 }
 
@@ -420,11 +544,11 @@ fn answer(result: &PodResult) -> Vec<u8> {
     out
 }
 
-/// Tells a connection over the limit so, without letting it cost more.
-fn refuse_busy(stream: &mut UnixStream) {
+/// Answers a connection the server will not serve, without letting it
+/// cost more: one best-effort write into a socket buffer that has room.
+fn refuse(stream: &mut UnixStream, status: u16, text: &str) {
     let mut out = Vec::new();
-    response::error_text(&mut out, 503, "too many connections");
-    // Best effort: the socket is new, so its buffer has room.
+    response::error_text(&mut out, status, text);
     let _ = stream.write(&out);
 }
 

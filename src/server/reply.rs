@@ -102,6 +102,8 @@ pub(crate) struct Completion {
     pub key: usize,
     pub request_id: u64,
     pub result: PodResult,
+    /// The handle was dropped unanswered; `result` says so to the client.
+    pub dropped: bool,
 }
 
 /// The mailbox between reply handles and the reactor.
@@ -190,7 +192,7 @@ impl ReplyHandle {
 
     /// Sends the answer.
     pub fn send(mut self, result: PodResult) {
-        self.post(result);
+        self.post(result, false);
     }
 
     /// Sends a success with this body (a CNI result, or empty).
@@ -203,12 +205,13 @@ impl ReplyHandle {
         self.send(Err(error.into()));
     }
 
-    fn post(&mut self, result: PodResult) {
+    fn post(&mut self, result: PodResult, dropped: bool) {
         if let Some(mailbox) = self.mailbox.take() {
             mailbox.post(Completion {
                 key: self.key,
                 request_id: self.request_id,
                 result,
+                dropped,
             });
         }
     }
@@ -216,7 +219,9 @@ impl ReplyHandle {
 
 impl Drop for ReplyHandle {
     fn drop(&mut self) {
-        self.post(Err(PodError::message(DROPPED_REPLY).with_status(500)));
+        if self.mailbox.is_some() {
+            self.post(Err(PodError::message(DROPPED_REPLY).with_status(500)), true);
+        }
     }
 }
 
