@@ -5,7 +5,8 @@
 //! and tested without a socket. Its steps and their error texts follow the
 //! Go server's, in the Go server's order, because shims and operators match
 //! on them; where the Go server was wrong (it never failed on a missing pod
-//! name) this one is right.
+//! name) this one is right. Plugin-level commands (STATUS, GC, VERSION)
+//! name no pod, so only `CNI_COMMAND` is required of them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,6 +55,12 @@ impl Command {
             "UPDATE" => Command::Update,
             other => Command::Other(other.to_owned()),
         }
+    }
+
+    /// Whether the command is about the plugin rather than one pod: STATUS,
+    /// GC and VERSION carry no container ID, netns or pod names.
+    pub fn is_plugin_level(&self) -> bool {
+        matches!(self, Command::Status | Command::Gc | Command::Version)
     }
 
     /// The command as it appears in `CNI_COMMAND`.
@@ -310,6 +317,9 @@ impl PodRequest {
         };
 
         let command = Command::parse(&get(&env, "CNI_COMMAND", DecodeError::MissingCommand)?);
+        if command.is_plugin_level() {
+            return Ok(PodRequest::plugin_level(command, env, config));
+        }
         let sandbox_id = get(&env, "CNI_CONTAINERID", DecodeError::MissingContainerId)?;
         let netns = get(&env, "CNI_NETNS", DecodeError::MissingNetns)?;
         let ifname = env
@@ -338,6 +348,30 @@ impl PodRequest {
     }
 }
 
+impl PodRequest {
+    /// A plugin-level request: only the command, env and config count; the
+    /// pod fields are empty.
+    fn plugin_level(command: Command, env: BTreeMap<String, String>, config: Vec<u8>) -> Self {
+        PodRequest {
+            command,
+            pod_namespace: String::new(),
+            pod_name: String::new(),
+            sandbox_id: String::new(),
+            netns: String::new(),
+            ifname: String::new(),
+            cni_args: BTreeMap::new(),
+            env,
+            config,
+        }
+    }
+
+    /// Whether this is a plugin-level request (STATUS, GC, VERSION), which
+    /// names no pod: see [`Command::is_plugin_level`].
+    pub fn is_plugin_level(&self) -> bool {
+        self.command.is_plugin_level()
+    }
+}
+
 /// Parses `CNI_ARGS`: `key=value` pieces separated by `;`, each side trimmed.
 ///
 /// Every piece must hold exactly one `=`, so an empty string, a trailing `;`
@@ -354,4 +388,62 @@ pub fn parse_cni_args(args: &str) -> Result<BTreeMap<String, String>, DecodeErro
         }
     }
     Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(env: &[(&str, &str)]) -> Vec<u8> {
+        let request = CniRequest {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            config: b"{}".to_vec(),
+        };
+        request.to_json()
+    }
+
+    #[test]
+    fn plugin_level_commands_need_no_pod() {
+        for command in ["STATUS", "GC", "VERSION"] {
+            let decoded = decode_body(&body(&[("CNI_COMMAND", command)]));
+            let request = decoded.unwrap_or_else(|e| panic!("{command}: {e}"));
+            assert!(request.is_plugin_level(), "{command}");
+            assert_eq!(request.command.as_str(), command);
+            assert_eq!(request.config, b"{}");
+        }
+    }
+
+    #[test]
+    fn pod_commands_keep_the_go_checks() {
+        let decoded = decode_body(&body(&[("CNI_COMMAND", "ADD")]));
+        assert_eq!(decoded, Err(DecodeError::MissingContainerId));
+    }
+
+    #[test]
+    fn duplicate_keys_are_json_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("env twice", r#"{"env":{},"env":{}}"#),
+            ("config twice", r#"{"config":null,"config":null}"#),
+            ("variable twice", r#"{"env":{"A":"1","A":"2"}}"#),
+        ];
+        for (name, input) in cases {
+            let got = decode_body(input.as_bytes());
+            assert!(
+                matches!(&got, Err(DecodeError::Json(_))),
+                "{name}: {input} gave {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_round_trips_through_json() {
+        let request = CniRequest {
+            env: [("CNI_COMMAND".to_owned(), "ADD \"quoted\"\n".to_owned())].into(),
+            config: (0u8..=255).collect(),
+        };
+        assert_eq!(CniRequest::from_json(&request.to_json()).unwrap(), request);
+    }
 }
