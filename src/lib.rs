@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod base64;
+pub mod client;
 pub mod cni;
 pub mod http;
 pub mod reference;
