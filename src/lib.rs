@@ -39,6 +39,7 @@ pub mod cni;
 pub mod http;
 pub mod reference;
 pub mod server;
+pub mod settings;
 pub mod socket;
 
 pub use cni::{decode_body, CniRequest, Command, DecodeError, PodRequest, DEFAULT_SOCKET_PATH};
