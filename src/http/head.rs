@@ -117,7 +117,9 @@ pub fn parse_head(buf: &[u8], max_headers: usize) -> Result<Option<RequestHead>,
         path,
         minor_version,
         body,
-        expects_continue,
+        // An HTTP/1.0 client knows no interim answers and does not wait for
+        // one: its expectation is ignored.
+        expects_continue: expects_continue && minor_version >= 1,
         len,
     }))
 }

@@ -32,7 +32,8 @@ pub enum Progress {
     /// More bytes are needed.
     NeedMore,
     /// The head asks for `100 Continue` before the body is sent; the caller
-    /// writes it once, then goes on feeding bytes.
+    /// writes it once, then feeds again (an empty slice if nothing new came:
+    /// the body may have arrived with the head).
     SendContinue,
     /// The whole request is in.
     Complete,
@@ -149,13 +150,16 @@ impl RequestReader {
             (BodyLength::Chunked, None) => unreachable!("a chunked head sets up its decoder"),
         };
 
+        // Go's server always answers `100 Continue` before it reads an
+        // announced body, even one that came with the head: so does this.
+        let announced = !matches!(head.body, BodyLength::Empty);
+        if head.expects_continue && announced && !self.continue_sent {
+            self.continue_sent = true;
+            return Ok(Progress::SendContinue);
+        }
         if complete {
             self.phase = Phase::Complete;
             return Ok(Progress::Complete);
-        }
-        if head.expects_continue && !self.continue_sent {
-            self.continue_sent = true;
-            return Ok(Progress::SendContinue);
         }
         Ok(Progress::NeedMore)
     }

@@ -296,12 +296,19 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.close(key),
             };
-            match conn.reader.feed(&self.read_buf[..n]) {
-                Ok(Progress::NeedMore) => {}
-                Ok(Progress::SendContinue) => {
-                    conn.out.extend_from_slice(response::CONTINUE);
-                    self.flush(key);
-                }
+            let mut progress = conn.reader.feed(&self.read_buf[..n]);
+            if matches!(progress, Ok(Progress::SendContinue)) {
+                conn.out.extend_from_slice(response::CONTINUE);
+                self.flush(key);
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                // The body may have come with the head: look at what is
+                // already in before waiting for more.
+                progress = conn.reader.feed(&[]);
+            }
+            match progress {
+                Ok(Progress::NeedMore | Progress::SendContinue) => {}
                 Ok(Progress::Complete) => return self.dispatch(key, handler),
                 Err(error) => return self.respond_http_error(key, error),
             }
