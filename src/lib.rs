@@ -40,6 +40,7 @@ pub mod http;
 pub mod reference;
 pub mod server;
 pub mod settings;
+pub mod shim;
 pub mod socket;
 
 pub use cni::{decode_body, CniRequest, Command, DecodeError, PodRequest, DEFAULT_SOCKET_PATH};
