@@ -166,11 +166,17 @@ impl RequestReader {
 
     /// Looks for the blank line that ends a head in the bytes not yet
     /// scanned. A head without one cannot be complete.
+    ///
+    /// Only the first `max_head_bytes` are searched: a head that ends
+    /// beyond them is too large however its bytes arrive, rather than
+    /// malformed when they come in one read and too large when they trickle.
     fn head_may_be_complete(&mut self) -> bool {
-        let start = self.scanned.saturating_sub(3);
-        let found = self.buf[start..].windows(2).any(|w| w == b"\n\n")
-            || self.buf[start..].windows(4).any(|w| w == b"\r\n\r\n");
-        self.scanned = self.buf.len();
+        let end = self.buf.len().min(self.limits.max_head_bytes);
+        let start = self.scanned.saturating_sub(3).min(end);
+        let unscanned = &self.buf[start..end];
+        let found = unscanned.windows(2).any(|w| w == b"\n\n")
+            || unscanned.windows(4).any(|w| w == b"\r\n\r\n");
+        self.scanned = end;
         found
     }
 
@@ -192,5 +198,43 @@ impl RequestReader {
     /// Bytes held for this request, for accounting.
     pub fn buffered(&self) -> usize {
         self.buf.capacity() + self.chunked.as_ref().map_or(0, |(_, _, b)| b.capacity())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in one piece and a byte at a time; both must agree.
+    fn read_both_ways(input: &[u8], limits: Limits) -> Result<Progress, HttpError> {
+        let mut whole = RequestReader::new(limits);
+        let at_once = whole.feed(input);
+
+        let mut trickle = RequestReader::new(limits);
+        let mut bytewise = Ok(Progress::NeedMore);
+        for byte in input.chunks(1) {
+            bytewise = trickle.feed(byte);
+            if !matches!(bytewise, Ok(Progress::NeedMore)) {
+                break;
+            }
+        }
+
+        assert_eq!(
+            at_once,
+            bytewise,
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
+        at_once
+    }
+
+    #[test]
+    fn fuzz_malformed_head_ending_past_the_limit() {
+        let limits = Limits {
+            max_head_bytes: 32,
+            ..Limits::default()
+        };
+        let input = b"POST / HTTP/1.1\r\nX-Padding: abcdefghijklmnop\x0e\r\n\r\n";
+        assert_eq!(read_both_ways(input, limits), Err(HttpError::HeadTooLarge));
     }
 }
