@@ -70,9 +70,9 @@ pub struct RequestReader {
     /// Where the search for the head's end resumes, so a head that arrives a
     /// byte at a time is not re-parsed from the start each time.
     scanned: usize,
-    /// Whether the request line has begun. httparse skips blank lines
-    /// before it, so a blank line among those ends no head.
-    line_started: bool,
+    /// Where the request line begins, once it has. httparse skips blank
+    /// lines before it, so a blank line among those ends no head.
+    line_start: Option<usize>,
 }
 
 impl RequestReader {
@@ -86,7 +86,7 @@ impl RequestReader {
             chunked: None,
             continue_sent: false,
             scanned: 0,
-            line_started: false,
+            line_start: None,
         }
     }
 
@@ -176,16 +176,18 @@ impl RequestReader {
     /// malformed when they come in one read and too large when they trickle.
     fn head_may_be_complete(&mut self) -> bool {
         let end = self.buf.len().min(self.limits.max_head_bytes);
-        let mut start = self.scanned.saturating_sub(3).min(end);
-        if !self.line_started {
-            let new = &self.buf[self.scanned..end];
-            let Some(at) = new.iter().position(|&b| b != b'\r' && b != b'\n') else {
-                self.scanned = end;
-                return false;
-            };
-            start = self.scanned + at;
-            self.line_started = true;
-        }
+        let line_start = match self.line_start {
+            Some(line_start) => line_start,
+            None => {
+                let new = &self.buf[self.scanned..end];
+                let Some(at) = new.iter().position(|&b| b != b'\r' && b != b'\n') else {
+                    self.scanned = end;
+                    return false;
+                };
+                *self.line_start.insert(self.scanned + at)
+            }
+        };
+        let start = self.scanned.saturating_sub(3).max(line_start).min(end);
         let unscanned = &self.buf[start..end];
         let found = unscanned.windows(2).any(|w| w == b"\n\n")
             || unscanned.windows(4).any(|w| w == b"\r\n\r\n");
@@ -244,6 +246,15 @@ mod tests {
     #[test]
     fn fuzz_blank_lines_before_a_malformed_line() {
         let input = b"\r\n\r\n\x0e\n\reTP/1.st/\r\n";
+        assert_eq!(
+            read_both_ways(input, Limits::default()),
+            Ok(Progress::NeedMore)
+        );
+    }
+
+    #[test]
+    fn fuzz_blank_lines_then_a_chunk_line() {
+        let input = b"\r\n\n4;ext=1\r\nWiki\r\n0\r\nX-Trailer: TTP\r\n";
         assert_eq!(
             read_both_ways(input, Limits::default()),
             Ok(Progress::NeedMore)
