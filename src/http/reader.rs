@@ -187,10 +187,12 @@ impl RequestReader {
                 *self.line_start.insert(self.scanned + at)
             }
         };
-        let start = self.scanned.saturating_sub(3).max(line_start).min(end);
+        let start = self.scanned.saturating_sub(2).max(line_start).min(end);
         let unscanned = &self.buf[start..end];
+        // httparse ends a line at a CRLF or a bare LF, so the blank line
+        // that ends a head is an LF followed by either.
         let found = unscanned.windows(2).any(|w| w == b"\n\n")
-            || unscanned.windows(4).any(|w| w == b"\r\n\r\n");
+            || unscanned.windows(3).any(|w| w == b"\n\r\n");
         self.scanned = end;
         found
     }
@@ -258,6 +260,15 @@ mod tests {
         assert_eq!(
             read_both_ways(input, Limits::default()),
             Ok(Progress::NeedMore)
+        );
+    }
+
+    #[test]
+    fn fuzz_head_ending_in_lf_then_crlf() {
+        let input = b"POST / HTTP/1.1\r\nX-Trailer: t\xfa\n\r\n";
+        assert_eq!(
+            read_both_ways(input, Limits::default()),
+            Ok(Progress::Complete)
         );
     }
 
