@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cniserver::{PodRequest, ReplyHandle, Server, ShutdownHandle};
+use cniserver::{PodRequest, ReplyHandle, Server, ServerConfig, ShutdownHandle};
 
 /// How long any socket read or write may block before the test gives up.
 /// A guard against hangs, never an assertion about speed.
@@ -160,10 +160,18 @@ impl TestServer {
     where
         H: FnMut(PodRequest, ReplyHandle) + Send + 'static,
     {
+        TestServer::start_with(tag, ServerConfig::default(), handler)
+    }
+
+    /// Starts a server with this configuration.
+    pub fn start_with<H>(tag: &str, config: ServerConfig, handler: H) -> TestServer
+    where
+        H: FnMut(PodRequest, ReplyHandle) + Send + 'static,
+    {
         let dir = TempDir::new(tag);
         let path = dir.join("run/cni.sock");
-        let server =
-            Server::bind(&path).unwrap_or_else(|e| panic!("cannot bind the test server: {e}"));
+        let server = Server::bind_with(&path, config)
+            .unwrap_or_else(|e| panic!("cannot bind the test server: {e}"));
         TestServer {
             serving: Serving::spawn(server, handler),
             dir,
