@@ -868,3 +868,128 @@ fn request_sent_one_byte_at_a_time_gets_the_same_answer() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// What one curl run gave.
+struct CurlRun {
+    /// `%{http_code}`.
+    code: String,
+    /// Every header block curl received, interim ones included.
+    headers: String,
+    body: Vec<u8>,
+    /// curl's `-v` trace: the request it sent is on lines starting "> ".
+    trace: String,
+}
+
+/// Runs curl against the socket of `server`, with these arguments before
+/// the URL and `stdin` fed to it.
+fn curl(server: &TestServer, args: &[&str], stdin: &[u8]) -> CurlRun {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let headers = server.dir().join("curl-headers");
+    let body = server.dir().join("curl-body");
+    let mut child = Command::new("curl")
+        .args(["-v", "-sS", "--max-time", "10", "-w", "%{http_code}"])
+        .arg("--unix-socket")
+        .arg(server.path())
+        .arg("-D")
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body)
+        .args(args)
+        .arg("http://dummy/")
+        .current_dir(server.dir().path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl is installed (apt package curl)");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("feed curl");
+    drop(input);
+    let output = child.wait_with_output().expect("curl runs");
+    let trace = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "curl {args:?} failed: {trace}");
+
+    CurlRun {
+        code: String::from_utf8_lossy(&output.stdout).into_owned(),
+        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+        body: std::fs::read(&body).unwrap_or_default(),
+        trace,
+    }
+}
+
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines()
+        .any(|l| l.trim_end().eq_ignore_ascii_case(line))
+}
+
+#[test]
+fn curl_posts_a_file_with_content_length() {
+    let server = TestServer::reference("curl-file");
+    let file = server.dir().join("request.json");
+    std::fs::write(&file, add_body()).expect("write the request");
+
+    let run = curl(&server, &["--data-binary", "@request.json"], b"");
+    assert_eq!(run.code, "200", "{}", run.trace);
+    assert_eq!(run.body, add_answer().as_bytes());
+    assert!(has_line(
+        &run.trace,
+        &format!("> Content-Length: {}", add_body().len())
+    ));
+    assert!(
+        has_line(&run.headers, "Content-Type: application/json"),
+        "{}",
+        run.headers
+    );
+    assert!(
+        has_line(&run.headers, "Connection: close"),
+        "{}",
+        run.headers
+    );
+}
+
+#[test]
+fn curl_uploads_stdin_chunked_after_100_continue() {
+    let server = TestServer::reference("curl-stdin");
+    let run = curl(&server, &["-X", "POST", "-T", "-"], add_body().as_bytes());
+
+    // The request had the shape the test is about.
+    assert!(has_line(&run.trace, "> POST / HTTP/1.1"), "{}", run.trace);
+    assert!(
+        has_line(&run.trace, "> Transfer-Encoding: chunked"),
+        "{}",
+        run.trace
+    );
+    assert!(
+        has_line(&run.trace, "> Expect: 100-continue"),
+        "{}",
+        run.trace
+    );
+
+    assert_eq!(run.code, "200", "{}", run.trace);
+    assert!(
+        has_line(&run.headers, "HTTP/1.1 100 Continue"),
+        "{}",
+        run.headers
+    );
+    assert_eq!(run.body, add_answer().as_bytes());
+    assert!(
+        has_line(&run.headers, "Connection: close"),
+        "{}",
+        run.headers
+    );
+}
+
+#[test]
+fn curl_get_is_405_with_allow_post() {
+    let server = TestServer::reference("curl-get");
+    let run = curl(&server, &[], b"");
+    assert_eq!(run.code, "405", "{}", run.trace);
+    assert!(has_line(&run.headers, "Allow: POST"), "{}", run.headers);
+    assert!(
+        has_line(&run.headers, "Connection: close"),
+        "{}",
+        run.headers
+    );
+}
