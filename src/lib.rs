@@ -36,6 +36,7 @@
 pub mod base64;
 pub mod client;
 pub mod cni;
+pub mod daemon;
 pub mod http;
 pub mod reference;
 pub mod server;

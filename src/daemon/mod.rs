@@ -1,0 +1,197 @@
+//! `cniserverd`, the thick-plugin daemon: it serves the CNI server socket
+//! and runs real CNI plugins on the shim's behalf.
+//!
+//! ```text
+//! runtime --exec--> cniserver-shim --HTTP over the socket--> cniserverd
+//!                                                              | exec
+//!                                                              v
+//!                                          delegate plugin (e.g. bridge)
+//! ```
+//!
+//! The runtime execs the shim as if it were the plugin. The shim forwards
+//! its environment and netconf; the daemon execs the plugin named by the
+//! netconf key `delegateType`, found in the daemon's own plugin path, with
+//! the request's `CNI_*` variables and the netconf (its `type` set to the
+//! plugin's name) on stdin, and answers with what the plugin printed. The
+//! shim prints that to the runtime, so the runtime sees the plugin's own
+//! result or CNI error.
+//!
+//! The reactor thread only parses and queues; plugins run on a bounded
+//! pool of worker threads ([`queue`]), one at a time per container. Each
+//! run has a deadline, after which the plugin's whole process group is
+//! killed ([`delegate`]).
+//!
+//! # Security
+//!
+//! Only root can connect to the socket (see [`crate::socket`]), and the
+//! daemon runs plugins as root, so what a request may run is narrowed to
+//! plain names inside the plugin path, and what it may hand them to the
+//! `CNI_*` variables. The request's environment (which may hold secrets)
+//! never reaches a plugin, a log line or an error.
+
+pub mod config;
+pub mod delegate;
+pub mod error;
+pub mod log;
+pub mod queue;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::server::{Server, ServerConfig, ServerEvent, ShutdownHandle};
+use crate::socket::SocketError;
+use config::{parse_args, DaemonConfig, FlagEnv, Invocation, USAGE};
+use log::Value;
+use queue::{QueueSettings, WorkQueue};
+
+/// How much longer than a request's deadline the server waits for its
+/// answer: time to kill and reap the plugin and send the error, so the
+/// client gets the daemon's answer rather than the server's 504.
+const REPLY_MARGIN: Duration = Duration::from_secs(10);
+
+/// Runs the daemon with these arguments (without the program name) and
+/// returns the process's exit status: 0 after a clean stop, 1 when it
+/// could not serve, 2 for a bad command line.
+pub fn main<I>(args: I, env: &FlagEnv) -> ExitCode
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let config = match parse_args(args, env) {
+        Ok(Invocation::Run(config)) => config,
+        Ok(Invocation::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("cniserverd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cniserverd: {e}\ntry 'cniserverd --help' for the flags");
+            return ExitCode::from(2);
+        }
+    };
+
+    log::set_level(config.log_level);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error(format_args!("{e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why the daemon could not serve.
+#[derive(Debug)]
+pub enum DaemonError {
+    /// The socket could not be set up.
+    Listen(SocketError),
+    /// A thread could not be started, or signals could not be blocked.
+    Start(&'static str, io::Error),
+    /// The reactor failed while serving.
+    Serve(io::Error),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonError::Listen(e) => write!(f, "cannot listen: {e}"),
+            DaemonError::Start(what, e) => write!(f, "cannot start {what}: {e}"),
+            DaemonError::Serve(e) => write!(f, "serving failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DaemonError::Listen(e) => Some(e),
+            DaemonError::Start(_, e) | DaemonError::Serve(e) => Some(e),
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then stops cleanly.
+///
+/// Call it from the main thread before starting any other: it blocks both
+/// signals so that every thread it starts inherits the mask and only its
+/// signal thread sees them.
+pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let server_config = ServerConfig {
+        reply_timeout: config.plugin_timeout + REPLY_MARGIN,
+        on_event: Some(Arc::new(log_server_event)),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind_with(&config.socket, server_config).map_err(DaemonError::Listen)?;
+
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .map_err(|e| DaemonError::Start("signal handling", e.into()))?;
+
+    let (queue, workers) = WorkQueue::start(QueueSettings {
+        workers: config.workers,
+        max_queue: config.max_queue,
+        request_timeout: config.plugin_timeout,
+        plugins: config.plugins.clone(),
+    })
+    .map_err(|e| DaemonError::Start("worker threads", e))?;
+    if let Err(e) = watch_signals(signals, server.shutdown_handle(), queue.clone()) {
+        workers.stop();
+        return Err(DaemonError::Start("the signal thread", e));
+    }
+
+    log::info(format_args!("listening on {}", server.path().display()));
+    log::debug(format_args!(
+        "settings plugin_path={} workers={} max_queue={} plugin_timeout={:?}",
+        Value(&config.plugins.to_string()),
+        config.workers,
+        config.max_queue,
+        config.plugin_timeout,
+    ));
+
+    let served = server.serve(|request, reply| queue.submit(request, reply));
+    workers.stop();
+    served.map_err(DaemonError::Serve)?;
+    log::info(format_args!("stopped"));
+    Ok(())
+}
+
+/// Logs what the server did on its own: refusals and timeouts at warn, a
+/// client that left before its answer at debug.
+fn log_server_event(event: &ServerEvent<'_>) {
+    match event {
+        ServerEvent::ClientGone { command } => log::debug(format_args!(
+            "client left before its answer command={}",
+            Value(command)
+        )),
+        other => log::warn(format_args!("server event {other:?}")),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT on a thread of its own, then stops the
+/// server and answers the requests that have not started.
+fn watch_signals(signals: SigSet, server: ShutdownHandle, queue: WorkQueue) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("cniserverd-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                log::info(format_args!(
+                    "received {}: stopping; running plugins may finish",
+                    signal.as_str()
+                ));
+                server.shutdown();
+                queue.drain();
+            }
+        })?;
+    Ok(())
+}
