@@ -211,7 +211,14 @@ fn server_answers_each_request_as_the_protocol_says() {
         ),
         (
             JSON_ERROR,
-            vec![("Content-Length: 0 is an empty body", request("POST /", ""))],
+            vec![
+                ("Content-Length: 0 is an empty body", request("POST /", "")),
+                // Nothing to wait for: no interim answer (the group checks).
+                (
+                    "Expect with an empty body",
+                    post_with("Expect: 100-continue\r\n", ""),
+                ),
+            ],
         ),
         // Section 5: other methods on /.
         (

@@ -27,7 +27,8 @@ pub fn reference_add_result(netns: &str) -> String {
     format!(
         concat!(
             r#"{{"cniVersion":"0.4.0","interfaces":[{{"name":"eth0","sandbox":"{}"}}],"#,
-            r#""ips":[{{"version":"4","address":"10.0.0.2/24","gateway":"10.0.0.1","interface":0}}]}}"#
+            r#""ips":[{{"version":"4","address":"10.0.0.2/24","gateway":"10.0.0.1","#,
+            r#""interface":0}}]}}"#
         ),
         netns
     )
