@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: a server on a real Unix socket
 //! in a folder of its own, a client that sends raw bytes and parses the
-//! whole answer, and a small JSON reader for the shared protocol cases.
+//! whole answer, and the reader of the shared protocol cases.
 //!
 //! Every test file uses a different part of this module, so unused items
 //! are expected in each of them.
@@ -506,12 +506,13 @@ pub fn wire_cases() -> Vec<WireCase> {
     let path = wire_fixture_path();
     let text =
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let root = Json::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let Some(Json::Array(cases)) = root.get("cases") else {
+    let root: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let Some(cases) = root["cases"].as_array() else {
         panic!("{}: no \"cases\" array", path.display());
     };
 
-    let text_of = |case: &Json, key: &str| case.get(key).and_then(Json::as_str).map(str::to_owned);
+    let text_of = |case: &serde_json::Value, key: &str| case[key].as_str().map(str::to_owned);
     cases
         .iter()
         .enumerate()
@@ -522,20 +523,20 @@ pub fn wire_cases() -> Vec<WireCase> {
                 (None, Some(http)) => (http.into_bytes(), false),
                 _ => panic!("{name}: needs exactly one of \"body\" and \"http\""),
             };
-            let status = case
-                .get("status")
-                .and_then(Json::as_u16)
+            let status = case["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
                 .unwrap_or_else(|| panic!("{name}: no status"));
-            let headers = match case.get("headers") {
-                Some(Json::Object(fields)) => fields
+            let headers = match &case["headers"] {
+                serde_json::Value::Object(fields) => fields
                     .iter()
                     .map(|(k, v)| {
                         let v = v.as_str().unwrap_or_else(|| panic!("{name}: header {k}"));
                         (k.clone(), v.to_owned())
                     })
                     .collect(),
-                Some(_) => panic!("{name}: \"headers\" is not an object"),
-                None => Vec::new(),
+                serde_json::Value::Null => Vec::new(),
+                _ => panic!("{name}: \"headers\" is not an object"),
             };
             WireCase {
                 request,
@@ -550,251 +551,4 @@ pub fn wire_cases() -> Vec<WireCase> {
             }
         })
         .collect()
-}
-
-/// A JSON value, enough of it to read the cases file.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Number(f64),
-    String(String),
-    Array(Vec<Json>),
-    /// Fields in file order.
-    Object(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// Parses a whole JSON document.
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut parser = JsonParser {
-            bytes: text.as_bytes(),
-            pos: 0,
-        };
-        let value = parser.value()?;
-        parser.skip_space();
-        if parser.pos != parser.bytes.len() {
-            return Err(parser.error("trailing characters"));
-        }
-        Ok(value)
-    }
-
-    /// The field `key` of an object.
-    pub fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    /// The string, if this is one.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The number as a u16, if this is a whole number that fits.
-    pub fn as_u16(&self) -> Option<u16> {
-        match self {
-            Json::Number(n) if n.fract() == 0.0 && (0.0..=65535.0).contains(n) => Some(*n as u16),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl JsonParser<'_> {
-    fn error(&self, what: &str) -> String {
-        format!("JSON error at byte {}: {what}", self.pos)
-    }
-
-    fn skip_space(&mut self) {
-        while self
-            .bytes
-            .get(self.pos)
-            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-        {
-            self.pos += 1;
-        }
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
-        self.skip_space();
-        if self.bytes.get(self.pos) == Some(&byte) {
-            self.pos += 1;
-            Ok(())
-        } else {
-            Err(self.error(&format!("expected {:?}", byte as char)))
-        }
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self.bytes[self.pos..].starts_with(word.as_bytes()) {
-            self.pos += word.len();
-            Ok(value)
-        } else {
-            Err(self.error("unknown literal"))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.skip_space();
-        match self.bytes.get(self.pos) {
-            Some(b'{') => self.object(),
-            Some(b'[') => self.array(),
-            Some(b'"') => self.string().map(Json::String),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(self.error("expected a value")),
-        }
-    }
-
-    fn object(&mut self) -> Result<Json, String> {
-        self.expect(b'{')?;
-        let mut fields = Vec::new();
-        self.skip_space();
-        if self.bytes.get(self.pos) == Some(&b'}') {
-            self.pos += 1;
-            return Ok(Json::Object(fields));
-        }
-        loop {
-            self.skip_space();
-            let key = self.string()?;
-            self.expect(b':')?;
-            fields.push((key, self.value()?));
-            self.skip_space();
-            match self.bytes.get(self.pos) {
-                Some(b',') => self.pos += 1,
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(Json::Object(fields));
-                }
-                _ => return Err(self.error("expected ',' or '}'")),
-            }
-        }
-    }
-
-    fn array(&mut self) -> Result<Json, String> {
-        self.expect(b'[')?;
-        let mut items = Vec::new();
-        self.skip_space();
-        if self.bytes.get(self.pos) == Some(&b']') {
-            self.pos += 1;
-            return Ok(Json::Array(items));
-        }
-        loop {
-            items.push(self.value()?);
-            self.skip_space();
-            match self.bytes.get(self.pos) {
-                Some(b',') => self.pos += 1,
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(Json::Array(items));
-                }
-                _ => return Err(self.error("expected ',' or ']'")),
-            }
-        }
-    }
-
-    fn number(&mut self) -> Result<Json, String> {
-        let start = self.pos;
-        while self
-            .bytes
-            .get(self.pos)
-            .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
-        {
-            self.pos += 1;
-        }
-        let text = std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or_default();
-        text.parse()
-            .map(Json::Number)
-            .map_err(|_| self.error("bad number"))
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        if self.bytes.get(self.pos) != Some(&b'"') {
-            return Err(self.error("expected a string"));
-        }
-        self.pos += 1;
-        let mut out = String::new();
-        loop {
-            let start = self.pos;
-            while self
-                .bytes
-                .get(self.pos)
-                .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20)
-            {
-                self.pos += 1;
-            }
-            // The input is a &str and the run stops only at ASCII bytes, so
-            // it is whole UTF-8.
-            out.push_str(std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or_default());
-            match self.bytes.get(self.pos) {
-                Some(b'"') => {
-                    self.pos += 1;
-                    return Ok(out);
-                }
-                Some(b'\\') => {
-                    self.pos += 1;
-                    self.escape(&mut out)?;
-                }
-                _ => return Err(self.error("unterminated string")),
-            }
-        }
-    }
-
-    fn escape(&mut self, out: &mut String) -> Result<(), String> {
-        let Some(&byte) = self.bytes.get(self.pos) else {
-            return Err(self.error("unterminated escape"));
-        };
-        self.pos += 1;
-        match byte {
-            b'"' => out.push('"'),
-            b'\\' => out.push('\\'),
-            b'/' => out.push('/'),
-            b'b' => out.push('\u{8}'),
-            b'f' => out.push('\u{c}'),
-            b'n' => out.push('\n'),
-            b'r' => out.push('\r'),
-            b't' => out.push('\t'),
-            b'u' => {
-                let high = self.hex4()?;
-                let code = if (0xd800..0xdc00).contains(&high) {
-                    if !self.bytes[self.pos..].starts_with(b"\\u") {
-                        return Err(self.error("lone surrogate"));
-                    }
-                    self.pos += 2;
-                    let low = self.hex4()?;
-                    if !(0xdc00..0xe000).contains(&low) {
-                        return Err(self.error("lone surrogate"));
-                    }
-                    0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00)
-                } else {
-                    high
-                };
-                out.push(char::from_u32(code).ok_or_else(|| self.error("bad \\u escape"))?);
-            }
-            _ => return Err(self.error("unknown escape")),
-        }
-        Ok(())
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self
-            .bytes
-            .get(self.pos..self.pos + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u32::from_str_radix(d, 16).ok())
-            .ok_or_else(|| self.error("bad \\u escape"))?;
-        self.pos += 4;
-        Ok(digits)
-    }
 }
