@@ -143,10 +143,15 @@ impl RequestReader {
             (BodyLength::Exact(n), _) => received.len() as u64 >= *n,
             (BodyLength::Chunked, Some((decoder, consumed, body))) => {
                 let limit = self.limits.max_body_bytes;
-                *consumed += decoder.decode(&self.buf[*consumed..], body, limit)?;
                 // Framing (size lines, extensions, trailers) may not grow
-                // the raw bytes without bound either.
-                if self.buf.len() - head.len > 2 * limit + 4096 {
+                // the raw bytes without bound either. Nothing past the
+                // bound is decoded, so that where a read ends cannot change
+                // the answer, and bytes after a finished body (a pipelined
+                // request) do not count.
+                let raw_end = (head.len + 4096).saturating_add(limit.saturating_mul(2));
+                let available = self.buf.len().min(raw_end);
+                *consumed += decoder.decode(&self.buf[*consumed..available], body, limit)?;
+                if !decoder.is_done() && self.buf.len() > raw_end {
                     return Err(HttpError::BodyTooLarge);
                 }
                 decoder.is_done()
@@ -261,6 +266,18 @@ mod tests {
             read_both_ways(input, Limits::default()),
             Ok(Progress::NeedMore)
         );
+    }
+
+    #[test]
+    fn fuzz_chunked_body_then_pipelined_requests() {
+        let limits = Limits {
+            max_body_bytes: 512,
+            ..Limits::default()
+        };
+        let request = b"PT / HTTP/1.1\r\nHost: dummy\r\nTransfer-Encoding: chunked\r\n\r\n0;\r\n{\": {POD\r\n\r\n_";
+        let pipelined = b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n".repeat(200);
+        let input = [&request[..], &pipelined].concat();
+        assert_eq!(read_both_ways(&input, limits), Ok(Progress::Complete));
     }
 
     #[test]
