@@ -772,14 +772,20 @@ fn full_queue_answers_try_again_later_at_once() {
 #[test]
 fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
     let fixture = Fixture::new("sigterm");
-    let daemon = Daemon::start(&fixture, &[]);
+    let daemon = Daemon::start(&fixture, &["--workers", "1"]);
     let socket = daemon.socket.clone();
 
     let running = post_in_background(&socket, pod_env("ADD", "s1", "in-flight"), netconf("gate"));
     wait_for("the plugin to start", || {
         fixture.has_marker("start", "in-flight")
     });
+    // The only worker is busy, so this one waits in the queue.
+    let queued = post_in_background(&socket, pod_env("ADD", "s3", "queued"), netconf("gate"));
+    std::thread::sleep(Duration::from_millis(150));
     daemon.signal(Signal::SIGTERM);
+
+    // What has not started is answered at once, while the plugin runs.
+    queued.join().unwrap().assert_error(11, "shutting down");
 
     // New requests are refused while the plugin runs: by the server (503)
     // or, if one slipped into the queue first, by the daemon (code 11).
@@ -808,10 +814,18 @@ fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
     let answer = running.join().unwrap();
     assert_eq!(answer.status, 200, "the in-flight request: {answer:?}");
     assert!(fixture.has_marker("end", "in-flight"));
+    assert!(
+        !fixture.has_marker("start", "queued"),
+        "the queued request ran"
+    );
 
     let (status, log) = daemon.wait();
     assert_eq!(status.code(), Some(0), "exit status\n{log}");
     assert!(!socket.exists(), "the socket is left behind");
+    // The settings for shims stay: they tell a stopped server from none.
+    let settings = socket.with_file_name("config.json");
+    let published: Value = serde_json::from_slice(&fs::read(&settings).unwrap()).unwrap();
+    assert_eq!(published["server"], "cniserverd", "{published}");
     assert!(log.contains("received SIGTERM"), "{log}");
 }
 

@@ -16,6 +16,10 @@
 //! shim prints that to the runtime, so the runtime sees the plugin's own
 //! result or CNI error.
 //!
+//! Once it listens, the daemon publishes `config.json` beside its socket
+//! (see [`crate::settings`]): shims read it before an ADD to know a server
+//! is up. It is left in place at exit.
+//!
 //! The reactor thread only parses and queues; plugins run on a bounded
 //! pool of worker threads ([`queue`]), one at a time per container. Each
 //! run has a deadline, after which the plugin's whole process group is
@@ -43,8 +47,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
 
 use crate::server::{Server, ServerConfig, ServerEvent, ShutdownHandle};
+use crate::settings;
 use crate::socket::SocketError;
 use config::{parse_args, DaemonConfig, FlagEnv, Invocation, USAGE};
 use log::Value;
@@ -93,6 +99,8 @@ where
 pub enum DaemonError {
     /// The socket could not be set up.
     Listen(SocketError),
+    /// The settings file for shims could not be written beside the socket.
+    Settings(io::Error),
     /// A thread could not be started, or signals could not be blocked.
     Start(&'static str, io::Error),
     /// The reactor failed while serving.
@@ -103,6 +111,7 @@ impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DaemonError::Listen(e) => write!(f, "cannot listen: {e}"),
+            DaemonError::Settings(e) => write!(f, "cannot publish settings for shims: {e}"),
             DaemonError::Start(what, e) => write!(f, "cannot start {what}: {e}"),
             DaemonError::Serve(e) => write!(f, "serving failed: {e}"),
         }
@@ -113,7 +122,7 @@ impl std::error::Error for DaemonError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DaemonError::Listen(e) => Some(e),
-            DaemonError::Start(_, e) | DaemonError::Serve(e) => Some(e),
+            DaemonError::Settings(e) | DaemonError::Start(_, e) | DaemonError::Serve(e) => Some(e),
         }
     }
 }
@@ -130,6 +139,11 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         ..ServerConfig::default()
     };
     let server = Server::bind_with(&config.socket, server_config).map_err(DaemonError::Listen)?;
+    // Shims read this file before an ADD to learn that a server is up; it
+    // stays when the daemon stops, so that a shim can tell a stopped
+    // server from one that was never installed.
+    let published = json!({"server": "cniserverd", "version": env!("CARGO_PKG_VERSION")});
+    settings::write_settings(server.path(), &published).map_err(DaemonError::Settings)?;
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);

@@ -44,7 +44,7 @@ pub struct QueueSettings {
 }
 
 /// One pod request on its way through the queue.
-pub struct Job {
+struct Job {
     request: PodRequest,
     reply: ReplyHandle,
     arrived: Instant,
@@ -234,12 +234,14 @@ impl WorkQueue {
             state.accepting = false;
             state.waiting = 0;
             state.ready.clear();
-            state.lanes.retain(|_, lane| lane.running);
-            state
+            let drained = state
                 .lanes
                 .values_mut()
                 .flat_map(|lane| lane.waiting.drain(..))
-                .collect()
+                .collect();
+            // A running lane is freed by its worker when its job is done.
+            state.lanes.retain(|_, lane| lane.running);
+            drained
         };
         for job in drained {
             job.refuse("the daemon is shutting down");
