@@ -278,7 +278,7 @@ fn pod_env(command: &str, container: &str, pod: &str) -> BTreeMap<String, String
             format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=testns;K8S_POD_NAME={pod}"),
         ),
         ("CNI_PATH", "/request/path/never/used".to_owned()),
-        ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
+        ("PATH", "/request/bin".to_owned()),
         ("HOME", "/root".to_owned()),
         ("API_TOKEN", SECRET.to_owned()),
     ];
@@ -368,7 +368,7 @@ fn post_in_background(
 // What the plugin is given
 
 #[test]
-fn plugin_gets_only_the_cni_variables_and_its_own_type() {
+fn plugin_gets_only_the_cni_variables_a_fixed_path_and_its_own_type() {
     let fixture = Fixture::new("env");
     let daemon = Daemon::start(&fixture, &[]);
 
@@ -398,6 +398,11 @@ fn plugin_gets_only_the_cni_variables_and_its_own_type() {
         ("CNI_IFNAME", "eth0"),
         ("CNI_NETNS", "/var/run/netns/fake-c-env"),
         ("CNI_PATH", plugins.to_str().unwrap()),
+        // The daemon's fixed tool path, not the request's PATH.
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
     ]);
     assert_eq!(env, want, "the plugin's environment:\n{recorded}");
 

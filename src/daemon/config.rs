@@ -22,8 +22,11 @@ pub const MAX_WORKERS: usize = 1024;
 pub const DEFAULT_MAX_QUEUE: usize = 1024;
 /// Seconds a request may take, unless `--plugin-timeout` says otherwise.
 pub const DEFAULT_PLUGIN_TIMEOUT_SECS: u64 = 120;
-/// The longest `--plugin-timeout` accepted: a day.
-const MAX_PLUGIN_TIMEOUT_SECS: f64 = 86_400.0;
+/// Seconds running plugins may finish after SIGTERM, unless
+/// `--shutdown-grace` says otherwise (the server library's default).
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// The longest `--plugin-timeout` or `--shutdown-grace` accepted: a day.
+const MAX_SECONDS: f64 = 86_400.0;
 
 /// The help text, documenting every flag and its default.
 pub const USAGE: &str = "\
@@ -48,6 +51,8 @@ Options:
   --plugin-timeout SECONDS   how long a request may take, queue wait
                              included; a plugin still running then is killed
                              with its whole process group (default 120)
+  --shutdown-grace SECONDS   after SIGTERM or SIGINT, how long running
+                             plugins may still finish (default 30)
   --log-level LEVEL          error, warn, info or debug
                              (default: from $RUST_LOG, else info)
   -h, --help                 print this help and exit
@@ -55,8 +60,8 @@ Options:
 
 Requests for one container ID run one at a time, in arrival order; a DEL
 cancels an ADD of the same container that has not started yet.
-SIGTERM or SIGINT stops the daemon: it stops accepting, lets running plugins
-finish for up to 30 s, removes its socket and exits 0.";
+SIGTERM or SIGINT stops the daemon: it refuses new requests, lets running
+plugins finish within the shutdown grace, removes its socket and exits 0.";
 
 /// What the daemon runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +76,8 @@ pub struct DaemonConfig {
     pub max_queue: usize,
     /// How long a request may take, queue wait included.
     pub plugin_timeout: Duration,
+    /// How long running plugins may finish after SIGTERM or SIGINT.
+    pub shutdown_grace: Duration,
     /// The most detailed log level written.
     pub log_level: Level,
 }
@@ -131,6 +138,7 @@ where
     let mut workers = None;
     let mut max_queue = None;
     let mut plugin_timeout = None;
+    let mut shutdown_grace = None;
     let mut log_level = None;
 
     let mut args = args.into_iter();
@@ -148,7 +156,7 @@ where
             "-h" | "--help" => return Ok(Invocation::Help),
             "--version" => return Ok(Invocation::Version),
             "--socket" | "--cni-path" | "--workers" | "--max-queue" | "--plugin-timeout"
-            | "--log-level" => {}
+            | "--shutdown-grace" | "--log-level" => {}
             other => return Err(usage_error(format!("unknown argument {other:?}"))),
         }
 
@@ -171,7 +179,12 @@ where
             "--max-queue" => max_queue
                 .replace(parse_count(&flag, &value, 1, usize::MAX)?)
                 .is_some(),
-            "--plugin-timeout" => plugin_timeout.replace(parse_timeout(&value)?).is_some(),
+            "--plugin-timeout" => plugin_timeout
+                .replace(parse_seconds(&flag, &value, false)?)
+                .is_some(),
+            "--shutdown-grace" => shutdown_grace
+                .replace(parse_seconds(&flag, &value, true)?)
+                .is_some(),
             _ => log_level
                 .replace(
                     value
@@ -208,6 +221,7 @@ where
         workers: workers.unwrap_or(DEFAULT_WORKERS),
         max_queue: max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
         plugin_timeout: plugin_timeout.unwrap_or(Duration::from_secs(DEFAULT_PLUGIN_TIMEOUT_SECS)),
+        shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS)),
         log_level,
     }))
 }
@@ -235,14 +249,19 @@ fn parse_count(flag: &str, value: &str, min: usize, max: usize) -> Result<usize,
     }
 }
 
-fn parse_timeout(value: &str) -> Result<Duration, UsageError> {
+/// Reads a number of seconds, fractions allowed, up to a day; zero only
+/// when `zero_ok`.
+fn parse_seconds(flag: &str, value: &str, zero_ok: bool) -> Result<Duration, UsageError> {
     match value.parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs <= MAX_PLUGIN_TIMEOUT_SECS => {
+        Ok(secs) if (secs > 0.0 || (zero_ok && secs == 0.0)) && secs <= MAX_SECONDS => {
             Ok(Duration::from_secs_f64(secs))
         }
-        _ => Err(usage_error(format!(
-            "--plugin-timeout: expected a number of seconds above 0 and at most 86400, got {value:?}"
-        ))),
+        _ => {
+            let least = if zero_ok { "0 or more" } else { "above 0" };
+            Err(usage_error(format!(
+                "{flag}: expected a number of seconds {least} and at most 86400, got {value:?}"
+            )))
+        }
     }
 }
 
@@ -269,6 +288,7 @@ mod tests {
         assert_eq!(config.workers, 16);
         assert_eq!(config.max_queue, 1024);
         assert_eq!(config.plugin_timeout, Duration::from_secs(120));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         assert_eq!(config.log_level, Level::Info);
     }
 
@@ -284,6 +304,7 @@ mod tests {
                 "--max-queue=7",
                 "--plugin-timeout",
                 "1.5",
+                "--shutdown-grace=0",
                 "--log-level=debug",
             ],
             &FlagEnv::default(),
@@ -293,6 +314,7 @@ mod tests {
         assert_eq!(config.workers, 3);
         assert_eq!(config.max_queue, 7);
         assert_eq!(config.plugin_timeout, Duration::from_millis(1500));
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
         assert_eq!(config.log_level, Level::Debug);
     }
 
@@ -331,7 +353,7 @@ mod tests {
     #[test]
     fn bad_flags_are_named_in_the_error() {
         let env = FlagEnv::default();
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["--bogus"], "--bogus"),
             (&["stray"], "stray"),
             (&["--socket"], "--socket needs a value"),
@@ -342,6 +364,7 @@ mod tests {
             (&["--max-queue", "0"], "--max-queue"),
             (&["--plugin-timeout", "0"], "--plugin-timeout"),
             (&["--plugin-timeout", "NaN"], "--plugin-timeout"),
+            (&["--shutdown-grace", "-1"], "--shutdown-grace"),
             (&["--log-level", "loud"], "--log-level"),
             (&["--cni-path", "relative/bin"], "--cni-path"),
         ];
@@ -363,6 +386,7 @@ mod tests {
             "--workers",
             "--max-queue",
             "--plugin-timeout",
+            "--shutdown-grace",
             "--log-level",
             "--help",
             "--version",

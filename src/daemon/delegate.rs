@@ -8,7 +8,8 @@
 //! - the name must be a plain file name, found only in the daemon's own
 //!   plugin path (never the request's `CNI_PATH`);
 //! - the plugin gets an empty environment plus the `CNI_*` variables of
-//!   the spec, not the shim's whole environment, which may hold secrets;
+//!   the spec and a fixed `PATH`, not the shim's whole environment, which
+//!   may hold secrets;
 //! - its output is read with bounds, and it runs in a process group of
 //!   its own that is killed whole at its deadline, so that nothing it
 //!   started outlives the request.
@@ -40,6 +41,11 @@ use crate::cni::{Command, PodRequest};
 /// Where plugins are looked for when neither `--cni-path` nor `CNI_PATH`
 /// says: the upstream install location, then Debian's.
 pub const DEFAULT_PLUGIN_PATH: &str = "/opt/cni/bin:/usr/lib/cni";
+
+/// The `PATH` plugins run with. It is the daemon's own, never the
+/// request's: plugins look up tools such as `iptables` on it (bridge with
+/// `ipMasq`, portmap, firewall), and without one they fail.
+pub const TOOL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The most a plugin may write to stdout, and to stderr; beyond it the
 /// plugin is killed and the request fails.
@@ -229,7 +235,8 @@ impl Delegation {
     }
 }
 
-/// The environment a plugin runs with: the spec's variables and no other.
+/// The environment a plugin runs with: the spec's variables, and a fixed
+/// `PATH`; nothing from the request beyond `CNI_*`.
 fn plugin_env(
     request: &PodRequest,
     plugins: &PluginPath,
@@ -244,6 +251,7 @@ fn plugin_env(
         env.push(("CNI_ARGS", args.clone()));
     }
     env.push(("CNI_PATH", plugins.to_string()));
+    env.push(("PATH", TOOL_PATH.to_owned()));
 
     if let Some((name, _)) = env.iter().find(|(_, value)| value.contains('\0')) {
         let msg = format!("{name} holds a NUL byte");

@@ -135,6 +135,7 @@ impl std::error::Error for DaemonError {
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let server_config = ServerConfig {
         reply_timeout: config.plugin_timeout + REPLY_MARGIN,
+        shutdown_grace: config.shutdown_grace,
         on_event: Some(Arc::new(log_server_event)),
         ..ServerConfig::default()
     };
