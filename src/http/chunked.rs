@@ -51,6 +51,11 @@ impl ChunkedDecoder {
             match self.state {
                 State::Done => return Ok(pos),
                 State::Size => match httparse::parse_chunk_size(rest) {
+                    // httparse reads a line without digits as size 0, the
+                    // last chunk; a chunk size has at least one digit.
+                    Ok(httparse::Status::Complete(_)) if !rest[0].is_ascii_hexdigit() => {
+                        return Err(HttpError::BadChunk)
+                    }
                     Ok(httparse::Status::Complete((used, size))) => {
                         pos += used;
                         self.state = if size == 0 {
@@ -157,6 +162,12 @@ mod tests {
     fn rejects_bad_framing() {
         let cases: &[(&str, &[u8], HttpError)] = &[
             ("size not hex", b"zz\r\n", HttpError::BadChunk),
+            ("size line without digits", b"\r\n\r\n", HttpError::BadChunk),
+            (
+                "extension without a size",
+                b";ext\r\n\r\n",
+                HttpError::BadChunk,
+            ),
             (
                 "data longer than size",
                 b"2\r\nabc\r\n",
