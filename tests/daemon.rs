@@ -8,10 +8,13 @@
 //! must stay running waits for a release file the test creates.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cniserver::CniRequest;
+use nix::fcntl::{FcntlArg, FdFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -83,8 +87,15 @@ echo "end $CNI_COMMAND $CNI_CONTAINERID $CNI_ARGS" >> "@DIR@/order.log"
 if [ "$CNI_COMMAND" = ADD ]; then printf '{"cniVersion":"0.4.0","ips":[]}'; fi
 "#;
 
-const PLUGINS: [(&str, &str); 7] = [
+/// Records which descriptors it has open.
+const FDS: &str = r#"#!/bin/sh
+ls -l /proc/$$/fd/ > "@DIR@/fds.txt"
+printf '{"cniVersion":"0.4.0","ips":[]}'
+"#;
+
+const PLUGINS: [(&str, &str); 8] = [
     ("echo-result", ECHO_RESULT),
+    ("fds", FDS),
     ("recorder", RECORDER),
     ("fail-cni", FAIL_CNI),
     ("garbage-fail", GARBAGE_FAIL),
@@ -176,12 +187,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(fixture: &Fixture, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
-            .arg("--socket")
-            .arg(fixture.socket())
-            .arg("--cni-path")
-            .arg(fixture.plugins())
-            .args(extra)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cniserverd"));
+        command.args(daemon_args(fixture)).args(extra);
+        Daemon::spawn(command, fixture)
+    }
+
+    /// Runs `command`, which starts the daemon, and waits until it listens.
+    fn spawn(mut command: Command, fixture: &Fixture) -> Daemon {
+        let mut child = command
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -252,6 +265,16 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The flags every test daemon gets: the fixture's socket and plugins.
+fn daemon_args(fixture: &Fixture) -> Vec<OsString> {
+    vec![
+        "--socket".into(),
+        fixture.socket().into(),
+        "--cni-path".into(),
+        fixture.plugins().into(),
+    ]
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -787,6 +810,7 @@ fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
     // The only worker is busy, so this one waits in the queue.
     let queued = post_in_background(&socket, pod_env("ADD", "s3", "queued"), netconf("gate"));
     std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(probe(&socket, "readyz"), 0, "ready before SIGTERM");
     daemon.signal(Signal::SIGTERM);
 
     // What has not started is answered at once, while the plugin runs.
@@ -814,6 +838,9 @@ fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
         socket.exists(),
         "the socket went before the plugin finished"
     );
+    // Draining: alive, but no longer ready.
+    assert_eq!(probe(&socket, "healthz"), 0, "healthz while draining");
+    assert_eq!(probe(&socket, "readyz"), 1, "readyz while draining");
 
     fixture.release("s1");
     let answer = running.join().unwrap();
@@ -832,6 +859,129 @@ fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
     let published: Value = serde_json::from_slice(&fs::read(&settings).unwrap()).unwrap();
     assert_eq!(published["server"], "cniserverd", "{published}");
     assert!(log.contains("received SIGTERM"), "{log}");
+}
+
+/// Runs `cniserverd probe ENDPOINT`; returns its exit status.
+fn probe(socket: &Path, endpoint: &str) -> i32 {
+    let output = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
+        .args(["probe", endpoint, "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    output.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn systemd_socket_activation_serves_the_passed_socket() {
+    let fixture = Fixture::new("activation");
+    let socket = fixture.socket();
+    fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    fs::set_permissions(socket.parent().unwrap(), fs::Permissions::from_mode(0o700)).unwrap();
+
+    // What systemd does: bind, then start the service with the socket as
+    // fd 3, LISTEN_FDS=1 and LISTEN_PID naming the service's own PID,
+    // which a shell knows as $$ and keeps across exec.
+    let listener = UnixListener::bind(&socket).unwrap();
+    let activated = |args: Vec<OsString>| {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
+            .arg(env!("CARGO_BIN_EXE_cniserverd"))
+            .args(args);
+        let fd = listener.as_raw_fd();
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe calls (dup2, fcntl).
+        unsafe {
+            command.pre_exec(move || {
+                if fd == 3 {
+                    nix::fcntl::fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                } else {
+                    nix::unistd::dup2(fd, 3)?;
+                }
+                Ok(())
+            });
+        }
+        command
+    };
+
+    // A passed socket bound elsewhere than --socket is refused.
+    let mut elsewhere = daemon_args(&fixture);
+    elsewhere[1] = fixture.dir.join("other.sock").into();
+    let refused = activated(elsewhere).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ListenStream="), "{stderr}");
+
+    let daemon = Daemon::spawn(activated(daemon_args(&fixture)), &fixture);
+    drop(listener);
+
+    let answer = post(&socket, pod_env("ADD", "c-fds", "fds"), &netconf("fds"));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let fds = fs::read_to_string(fixture.dir.join("fds.txt")).unwrap();
+    assert!(
+        !fds.contains("socket:"),
+        "the plugin inherited a socket:\n{fds}"
+    );
+
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit {status}\n{log}");
+    // The socket belongs to systemd: it stays for the next start.
+    assert!(socket.exists(), "the passed socket was removed");
+}
+
+#[test]
+fn installs_the_shim_and_the_network_config() {
+    let fixture = Fixture::new("install");
+    let conflist = fixture.dir.join("10-test.conflist");
+    let config = br#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"cniserver-shim"}]}"#;
+    fs::write(&conflist, config).unwrap();
+    let bin = fixture.dir.join("bin");
+    let conf_dir = fixture.dir.join("net.d");
+
+    let daemon = Daemon::start(
+        &fixture,
+        &[
+            "--install-shim",
+            bin.to_str().unwrap(),
+            "--conflist",
+            conflist.to_str().unwrap(),
+            "--cni-conf-dir",
+            conf_dir.to_str().unwrap(),
+            "--remove-conflist-on-exit",
+        ],
+    );
+    let shim = bin.join("cniserver-shim");
+    assert_eq!(
+        fs::read(&shim).unwrap(),
+        fs::read(env!("CARGO_BIN_EXE_cniserver-shim")).unwrap(),
+        "the installed shim differs from the built one"
+    );
+    let mode = fs::metadata(&shim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "shim mode {mode:o}");
+    let installed = conf_dir.join("10-test.conflist");
+    assert_eq!(fs::read(&installed).unwrap(), config);
+
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit {status}\n{log}");
+    assert!(
+        !installed.exists(),
+        "--remove-conflist-on-exit left the config"
+    );
+    assert!(shim.exists(), "the shim was removed");
+
+    // A broken config stops the daemon before it binds anything.
+    fs::write(&conflist, b"{not json").unwrap();
+    let broken = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
+        .args(daemon_args(&fixture))
+        .arg("--conflist")
+        .arg(&conflist)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert_eq!(broken.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("10-test.conflist"), "{stderr}");
+    assert!(!fixture.socket().exists(), "a socket was bound");
 }
 
 // ---------------------------------------------------------------------------

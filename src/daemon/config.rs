@@ -1,7 +1,7 @@
 //! The daemon's command line, read by hand.
 //!
-//! Every flag takes its value as the next argument or after `=`
-//! (`--workers 8`, `--workers=8`). Parsing is a pure function of the
+//! Every flag but `--remove-conflist-on-exit` takes its value as the next
+//! argument or after `=` (`--workers 8`, `--workers=8`). Parsing is a pure function of the
 //! arguments and the two environment variables that stand in for flags,
 //! so that it can be tested without a process.
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::delegate::{PluginPath, DEFAULT_PLUGIN_PATH};
 use super::log::{level_from_rust_log, Level};
+use super::probe::Endpoint;
 use crate::cni::DEFAULT_SOCKET_PATH;
 
 /// Plugins that may run at once, unless `--workers` says otherwise.
@@ -25,12 +26,15 @@ pub const DEFAULT_PLUGIN_TIMEOUT_SECS: u64 = 120;
 /// Seconds running plugins may finish after SIGTERM, unless
 /// `--shutdown-grace` says otherwise (the server library's default).
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// Where `--conflist` goes, unless `--cni-conf-dir` says otherwise.
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 /// The longest `--plugin-timeout` or `--shutdown-grace` accepted: a day.
 const MAX_SECONDS: f64 = 86_400.0;
 
 /// The help text, documenting every flag and its default.
 pub const USAGE: &str = "\
 usage: cniserverd [OPTIONS]
+       cniserverd probe healthz|readyz [--socket PATH]
 
 Serves the CNI server protocol on a root-only Unix socket and, for each
 request a CNI shim forwards, runs the delegate CNI plugin named by the
@@ -38,7 +42,8 @@ netconf key \"delegateType\" (a thick plugin).
 
 Options:
   --socket PATH              the Unix socket to listen on; its folder is
-                             created with mode 0700
+                             created with mode 0700, and config.json is
+                             written beside it for shims
                              (default /var/run/openshift-sdn/cni-server.sock)
   --cni-path FOLDERS         colon-separated absolute folders to find delegate
                              plugins in; plugins also get it as CNI_PATH
@@ -53,6 +58,14 @@ Options:
                              with its whole process group (default 120)
   --shutdown-grace SECONDS   after SIGTERM or SIGINT, how long running
                              plugins may still finish (default 30)
+  --install-shim FOLDER      at start, copy the cniserver-shim that sits
+                             beside this executable into FOLDER, the
+                             runtime's CNI bin folder (default: no copy)
+  --conflist FILE            once the socket listens, copy this network
+                             config into --cni-conf-dir (default: no copy)
+  --cni-conf-dir FOLDER      where --conflist goes (default /etc/cni/net.d)
+  --remove-conflist-on-exit  remove the copied network config when the
+                             daemon stops (default: leave it)
   --log-level LEVEL          error, warn, info or debug
                              (default: from $RUST_LOG, else info)
   -h, --help                 print this help and exit
@@ -61,7 +74,13 @@ Options:
 Requests for one container ID run one at a time, in arrival order; a DEL
 cancels an ADD of the same container that has not started yet.
 SIGTERM or SIGINT stops the daemon: it refuses new requests, lets running
-plugins finish within the shutdown grace, removes its socket and exits 0.";
+plugins finish within the shutdown grace, removes its socket and exits 0.
+Under systemd socket activation (LISTEN_PID, LISTEN_FDS) it serves the
+passed socket, which must be bound at --socket, and leaves it in place.
+
+cniserverd probe healthz|readyz asks the daemon at --socket over its socket
+and exits 0 if it answers 200 (healthz: it runs; readyz: it takes requests),
+1 otherwise.";
 
 /// What the daemon runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +97,14 @@ pub struct DaemonConfig {
     pub plugin_timeout: Duration,
     /// How long running plugins may finish after SIGTERM or SIGINT.
     pub shutdown_grace: Duration,
+    /// The CNI bin folder to install the shim into, if any.
+    pub install_shim: Option<PathBuf>,
+    /// The network config to install once the socket listens, if any.
+    pub conflist: Option<PathBuf>,
+    /// The CNI conf folder the network config goes into.
+    pub cni_conf_dir: PathBuf,
+    /// Whether to remove the installed network config at exit.
+    pub remove_conflist_on_exit: bool,
     /// The most detailed log level written.
     pub log_level: Level,
 }
@@ -87,6 +114,13 @@ pub struct DaemonConfig {
 pub enum Invocation {
     /// Serve with this configuration.
     Run(DaemonConfig),
+    /// Ask a running daemon how it is.
+    Probe {
+        /// What to ask.
+        endpoint: Endpoint,
+        /// The daemon's socket.
+        socket: PathBuf,
+    },
     /// Print the help.
     Help,
     /// Print the version.
@@ -128,76 +162,134 @@ fn usage_error(message: impl Into<String>) -> UsageError {
     UsageError(message.into())
 }
 
+/// The arguments, as flags with their values.
+struct Args {
+    items: std::vec::IntoIter<String>,
+}
+
+impl Args {
+    fn new<I: IntoIterator<Item = OsString>>(args: I) -> Result<Args, UsageError> {
+        let items = args
+            .into_iter()
+            .map(|arg| {
+                arg.into_string()
+                    .map_err(|_| usage_error("an argument is not valid UTF-8"))
+            })
+            .collect::<Result<Vec<String>, UsageError>>()?;
+        Ok(Args {
+            items: items.into_iter(),
+        })
+    }
+
+    /// The next argument, split into a flag and a value given after `=`.
+    fn next_flag(&mut self) -> Option<(String, Option<String>)> {
+        let arg = self.items.next()?;
+        Some(match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.into())),
+            _ => (arg, None),
+        })
+    }
+
+    /// The flag's value: given after `=`, or the next argument.
+    fn value(&mut self, flag: &str, inline: Option<String>) -> Result<String, UsageError> {
+        inline
+            .or_else(|| self.items.next())
+            .ok_or_else(|| usage_error(format!("{flag} needs a value")))
+    }
+}
+
+/// Fills a flag's slot, refusing a flag given twice.
+fn set<T>(slot: &mut Option<T>, flag: &str, value: T) -> Result<(), UsageError> {
+    if slot.replace(value).is_some() {
+        return Err(usage_error(format!("{flag} is given twice")));
+    }
+    Ok(())
+}
+
 /// Reads the arguments (without the program name).
 pub fn parse_args<I>(args: I, env: &FlagEnv) -> Result<Invocation, UsageError>
 where
     I: IntoIterator<Item = OsString>,
 {
+    let mut args = Args::new(args)?;
+    if args.items.as_slice().first().map(String::as_str) == Some("probe") {
+        args.items.next();
+        return parse_probe(args);
+    }
+
     let mut socket = None;
     let mut cni_path = None;
     let mut workers = None;
     let mut max_queue = None;
     let mut plugin_timeout = None;
     let mut shutdown_grace = None;
+    let mut install_shim = None;
+    let mut conflist = None;
+    let mut cni_conf_dir = None;
+    let mut remove_conflist_on_exit = None;
     let mut log_level = None;
 
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let arg = arg
-            .into_string()
-            .map_err(|_| usage_error("an argument is not valid UTF-8"))?;
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
+    while let Some((flag, inline)) = args.next_flag() {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Invocation::Help),
             "--version" => return Ok(Invocation::Version),
-            "--socket" | "--cni-path" | "--workers" | "--max-queue" | "--plugin-timeout"
-            | "--shutdown-grace" | "--log-level" => {}
-            other => return Err(usage_error(format!("unknown argument {other:?}"))),
+            "--remove-conflist-on-exit" => {
+                if inline.is_some() {
+                    return Err(usage_error(format!("{flag} takes no value")));
+                }
+                set(&mut remove_conflist_on_exit, &flag, true)?;
+                continue;
+            }
+            _ => {}
         }
-
-        let value = match inline_value {
-            Some(value) => value,
-            None => args
-                .next()
-                .ok_or_else(|| usage_error(format!("{flag} needs a value")))?
-                .into_string()
-                .map_err(|_| usage_error(format!("{flag}: the value is not valid UTF-8")))?,
-        };
-        let slot_taken = match flag.as_str() {
-            "--socket" => socket.replace(parse_socket(&value)?).is_some(),
-            "--cni-path" => cni_path
-                .replace(parse_plugin_path(&flag, &value)?)
-                .is_some(),
-            "--workers" => workers
-                .replace(parse_count(&flag, &value, 1, MAX_WORKERS)?)
-                .is_some(),
-            "--max-queue" => max_queue
-                .replace(parse_count(&flag, &value, 1, usize::MAX)?)
-                .is_some(),
-            "--plugin-timeout" => plugin_timeout
-                .replace(parse_seconds(&flag, &value, false)?)
-                .is_some(),
-            "--shutdown-grace" => shutdown_grace
-                .replace(parse_seconds(&flag, &value, true)?)
-                .is_some(),
-            _ => log_level
-                .replace(
-                    value
-                        .parse()
-                        .map_err(|e| usage_error(format!("--log-level: {e}")))?,
-                )
-                .is_some(),
-        };
-        if slot_taken {
-            return Err(usage_error(format!("{flag} is given twice")));
+        let f = flag.as_str();
+        match f {
+            "--socket" => set(&mut socket, f, parse_path(f, args.value(f, inline)?)?)?,
+            "--cni-path" => set(
+                &mut cni_path,
+                f,
+                parse_plugin_path(f, &args.value(f, inline)?)?,
+            )?,
+            "--workers" => set(
+                &mut workers,
+                f,
+                parse_count(f, &args.value(f, inline)?, 1, MAX_WORKERS)?,
+            )?,
+            "--max-queue" => set(
+                &mut max_queue,
+                f,
+                parse_count(f, &args.value(f, inline)?, 1, usize::MAX)?,
+            )?,
+            "--plugin-timeout" => set(
+                &mut plugin_timeout,
+                f,
+                parse_seconds(f, &args.value(f, inline)?, false)?,
+            )?,
+            "--shutdown-grace" => set(
+                &mut shutdown_grace,
+                f,
+                parse_seconds(f, &args.value(f, inline)?, true)?,
+            )?,
+            "--install-shim" => set(&mut install_shim, f, parse_path(f, args.value(f, inline)?)?)?,
+            "--conflist" => set(&mut conflist, f, parse_path(f, args.value(f, inline)?)?)?,
+            "--cni-conf-dir" => set(&mut cni_conf_dir, f, parse_path(f, args.value(f, inline)?)?)?,
+            "--log-level" => {
+                let level = args.value(f, inline)?.parse();
+                set(
+                    &mut log_level,
+                    f,
+                    level.map_err(|e| usage_error(format!("{f}: {e}")))?,
+                )?
+            }
+            other => return Err(usage_error(format!("unknown argument {other:?}"))),
         }
     }
 
+    if conflist.is_none() && (cni_conf_dir.is_some() || remove_conflist_on_exit.is_some()) {
+        return Err(usage_error(
+            "--cni-conf-dir and --remove-conflist-on-exit need --conflist",
+        ));
+    }
     let plugins = match (cni_path, &env.cni_path) {
         (Some(plugins), _) => plugins,
         (None, Some(from_env)) => {
@@ -222,13 +314,42 @@ where
         max_queue: max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
         plugin_timeout: plugin_timeout.unwrap_or(Duration::from_secs(DEFAULT_PLUGIN_TIMEOUT_SECS)),
         shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS)),
+        install_shim,
+        conflist,
+        cni_conf_dir: cni_conf_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_CONF_DIR)),
+        remove_conflist_on_exit: remove_conflist_on_exit.unwrap_or(false),
         log_level,
     }))
 }
 
-fn parse_socket(value: &str) -> Result<PathBuf, UsageError> {
+/// Reads `probe healthz|readyz [--socket PATH]`.
+fn parse_probe(mut args: Args) -> Result<Invocation, UsageError> {
+    let mut endpoint = None;
+    let mut socket = None;
+    while let Some((flag, inline)) = args.next_flag() {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Invocation::Help),
+            "--socket" => {
+                let path = parse_path("--socket", args.value("--socket", inline)?)?;
+                set(&mut socket, "--socket", path)?
+            }
+            name if endpoint.is_none() && !name.starts_with('-') => {
+                endpoint = Some(Endpoint::parse(name).ok_or_else(|| {
+                    usage_error(format!("probe: expected healthz or readyz, got {name:?}"))
+                })?);
+            }
+            other => return Err(usage_error(format!("probe: unknown argument {other:?}"))),
+        }
+    }
+    Ok(Invocation::Probe {
+        endpoint: endpoint.ok_or_else(|| usage_error("probe needs healthz or readyz"))?,
+        socket: socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
+    })
+}
+
+fn parse_path(flag: &str, value: String) -> Result<PathBuf, UsageError> {
     if value.is_empty() {
-        return Err(usage_error("--socket needs a path"));
+        return Err(usage_error(format!("{flag} needs a path")));
     }
     Ok(PathBuf::from(value))
 }
@@ -379,6 +500,81 @@ mod tests {
     }
 
     #[test]
+    fn install_flags_go_together() {
+        let env = FlagEnv::default();
+        let config = run_config(
+            &[
+                "--install-shim",
+                "/host/opt/cni/bin",
+                "--conflist=/etc/cniserver/10-podnet.conflist",
+                "--cni-conf-dir",
+                "/host/etc/cni/net.d",
+                "--remove-conflist-on-exit",
+            ],
+            &env,
+        );
+        assert_eq!(
+            config.install_shim,
+            Some(PathBuf::from("/host/opt/cni/bin"))
+        );
+        assert_eq!(
+            config.conflist,
+            Some(PathBuf::from("/etc/cniserver/10-podnet.conflist"))
+        );
+        assert_eq!(config.cni_conf_dir, PathBuf::from("/host/etc/cni/net.d"));
+        assert!(config.remove_conflist_on_exit);
+
+        let defaults = run_config(&["--conflist", "/x.conflist"], &env);
+        assert_eq!(defaults.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert!(!defaults.remove_conflist_on_exit);
+
+        for args in [
+            &["--cni-conf-dir", "/etc/cni/net.d"][..],
+            &["--remove-conflist-on-exit"][..],
+            &["--conflist", "/x", "--remove-conflist-on-exit=yes"][..],
+        ] {
+            assert!(parse(args, &env).is_err(), "args {args:?} were accepted");
+        }
+    }
+
+    #[test]
+    fn probe_takes_an_endpoint_and_a_socket() {
+        let env = FlagEnv::default();
+        let cases: [(&[&str], Option<(Endpoint, &str)>); 7] = [
+            (
+                &["probe", "healthz"],
+                Some((Endpoint::Healthz, DEFAULT_SOCKET_PATH)),
+            ),
+            (
+                &["probe", "readyz", "--socket", "/run/x.sock"],
+                Some((Endpoint::Readyz, "/run/x.sock")),
+            ),
+            (
+                &["probe", "--socket=/run/x.sock", "healthz"],
+                Some((Endpoint::Healthz, "/run/x.sock")),
+            ),
+            (&["probe"], None),
+            (&["probe", "metrics"], None),
+            (&["probe", "healthz", "readyz"], None),
+            (&["probe", "healthz", "--workers", "2"], None),
+        ];
+        for (args, want) in cases {
+            let got = parse(args, &env);
+            match want {
+                Some((endpoint, socket)) => assert_eq!(
+                    got,
+                    Ok(Invocation::Probe {
+                        endpoint,
+                        socket: PathBuf::from(socket)
+                    }),
+                    "args {args:?}"
+                ),
+                None => assert!(got.is_err(), "args {args:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn help_documents_every_flag() {
         for flag in [
             "--socket",
@@ -387,6 +583,10 @@ mod tests {
             "--max-queue",
             "--plugin-timeout",
             "--shutdown-grace",
+            "--install-shim",
+            "--conflist",
+            "--cni-conf-dir",
+            "--remove-conflist-on-exit",
             "--log-level",
             "--help",
             "--version",

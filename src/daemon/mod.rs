@@ -33,10 +33,13 @@
 //! `CNI_*` variables. The request's environment (which may hold secrets)
 //! never reaches a plugin, a log line or an error.
 
+pub mod activation;
 pub mod config;
 pub mod delegate;
 pub mod error;
+pub mod install;
 pub mod log;
+pub mod probe;
 pub mod queue;
 
 use std::ffi::OsString;
@@ -53,6 +56,7 @@ use crate::server::{Server, ServerConfig, ServerEvent, ShutdownHandle};
 use crate::settings;
 use crate::socket::SocketError;
 use config::{parse_args, DaemonConfig, FlagEnv, Invocation, USAGE};
+use install::InstallError;
 use log::Value;
 use queue::{QueueSettings, WorkQueue};
 
@@ -78,6 +82,18 @@ where
             println!("cniserverd {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Ok(Invocation::Probe { endpoint, socket }) => {
+            return match probe::probe(&socket, endpoint) {
+                Ok(()) => {
+                    println!("{}: ok", endpoint.as_str());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cniserverd probe: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Err(e) => {
             eprintln!("cniserverd: {e}\ntry 'cniserverd --help' for the flags");
             return ExitCode::from(2);
@@ -99,6 +115,10 @@ where
 pub enum DaemonError {
     /// The socket could not be set up.
     Listen(SocketError),
+    /// The socket systemd passed cannot be served.
+    Activation(String),
+    /// The shim or the network config could not be installed.
+    Install(InstallError),
     /// The settings file for shims could not be written beside the socket.
     Settings(io::Error),
     /// A thread could not be started, or signals could not be blocked.
@@ -111,6 +131,8 @@ impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DaemonError::Listen(e) => write!(f, "cannot listen: {e}"),
+            DaemonError::Activation(e) => write!(f, "socket activation: {e}"),
+            DaemonError::Install(e) => write!(f, "{e}"),
             DaemonError::Settings(e) => write!(f, "cannot publish settings for shims: {e}"),
             DaemonError::Start(what, e) => write!(f, "cannot start {what}: {e}"),
             DaemonError::Serve(e) => write!(f, "serving failed: {e}"),
@@ -122,6 +144,8 @@ impl std::error::Error for DaemonError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DaemonError::Listen(e) => Some(e),
+            DaemonError::Activation(_) => None,
+            DaemonError::Install(e) => Some(e),
             DaemonError::Settings(e) | DaemonError::Start(_, e) | DaemonError::Serve(e) => Some(e),
         }
     }
@@ -133,19 +157,79 @@ impl std::error::Error for DaemonError {
 /// signals so that every thread it starts inherits the mask and only its
 /// signal thread sees them.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
-    let server_config = ServerConfig {
-        reply_timeout: config.plugin_timeout + REPLY_MARGIN,
-        shutdown_grace: config.shutdown_grace,
-        on_event: Some(Arc::new(log_server_event)),
-        ..ServerConfig::default()
-    };
-    let server = Server::bind_with(&config.socket, server_config).map_err(DaemonError::Listen)?;
+    if let Some(bin_dir) = &config.install_shim {
+        let installed = install::install_shim(bin_dir).map_err(DaemonError::Install)?;
+        log::info(format_args!(
+            "installed the shim at {}",
+            installed.display()
+        ));
+    }
+
+    let conflist = config
+        .conflist
+        .as_deref()
+        .map(install::Conflist::load)
+        .transpose()
+        .map_err(DaemonError::Install)?;
+
+    let server = open_server(&config)?;
     // Shims read this file before an ADD to learn that a server is up; it
     // stays when the daemon stops, so that a shim can tell a stopped
     // server from one that was never installed.
     let published = json!({"server": "cniserverd", "version": env!("CARGO_PKG_VERSION")});
     settings::write_settings(server.path(), &published).map_err(DaemonError::Settings)?;
 
+    // The socket takes connections from here on, so the runtime may now
+    // be pointed at the shim.
+    let conflist = match conflist {
+        Some(conflist) => {
+            let installed = conflist
+                .install(&config.cni_conf_dir)
+                .map_err(DaemonError::Install)?;
+            log::info(format_args!(
+                "installed the network config at {}",
+                installed.display()
+            ));
+            Some(installed)
+        }
+        None => None,
+    };
+
+    let served = serve(server, &config);
+
+    if let (true, Some(installed)) = (config.remove_conflist_on_exit, conflist) {
+        match install::remove_conflist(&installed) {
+            Ok(()) => log::info(format_args!("removed {}", installed.display())),
+            Err(e) => log::error(format_args!("{e}")),
+        }
+    }
+    served?;
+    log::info(format_args!("stopped"));
+    Ok(())
+}
+
+/// Binds the socket, or takes the one systemd passed.
+fn open_server(config: &DaemonConfig) -> Result<Server, DaemonError> {
+    let server_config = ServerConfig {
+        reply_timeout: config.plugin_timeout + REPLY_MARGIN,
+        shutdown_grace: config.shutdown_grace,
+        on_event: Some(Arc::new(log_server_event)),
+        ..ServerConfig::default()
+    };
+    let inherited = activation::inherited_listener(&config.socket)
+        .map_err(|e| DaemonError::Activation(e.to_string()))?;
+    match inherited {
+        Some(listener) => {
+            log::debug(format_args!("serving the socket systemd passed"));
+            Server::from_listener(listener, config.socket.clone(), server_config)
+                .map_err(|e| DaemonError::Activation(format!("cannot serve it: {e}")))
+        }
+        None => Server::bind_with(&config.socket, server_config).map_err(DaemonError::Listen),
+    }
+}
+
+/// Starts the workers and the signal thread, and serves until stopped.
+fn serve(server: Server, config: &DaemonConfig) -> Result<(), DaemonError> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
@@ -167,18 +251,17 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
     log::info(format_args!("listening on {}", server.path().display()));
     log::debug(format_args!(
-        "settings plugin_path={} workers={} max_queue={} plugin_timeout={:?}",
+        "settings plugin_path={} workers={} max_queue={} plugin_timeout={:?} shutdown_grace={:?}",
         Value(&config.plugins.to_string()),
         config.workers,
         config.max_queue,
         config.plugin_timeout,
+        config.shutdown_grace,
     ));
 
     let served = server.serve(|request, reply| queue.submit(request, reply));
     workers.stop();
-    served.map_err(DaemonError::Serve)?;
-    log::info(format_args!("stopped"));
-    Ok(())
+    served.map_err(DaemonError::Serve)
 }
 
 /// Logs what the server did on its own: refusals and timeouts at warn, a
