@@ -4,24 +4,26 @@
 //!
 //! Every run gets a cleared environment plus the variables a runtime sets,
 //! one secret-looking variable, and `PATH`, so what the server receives and
-//! what the shim prints can be checked exactly.
+//! what the shim prints (and logs) can be checked exactly. The tests write
+//! the server's `config.json` themselves where a running daemon would.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cniserver::client::{self, ClientConfig, Failure};
+use cniserver::settings::{settings_path, write_settings};
 use cniserver::{reference, CniRequest, PodError, PodRequest, PodResult, Server, ShutdownHandle};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_cniserver-shim");
 
@@ -70,7 +72,7 @@ impl Drop for TempFolder {
 }
 
 /// A CNI server on `cni.sock` in its own folder, answering with `handler`
-/// and keeping every request it decoded.
+/// and keeping every request its handler got.
 struct TestServer {
     socket: PathBuf,
     seen: Arc<Mutex<Vec<PodRequest>>>,
@@ -80,7 +82,16 @@ struct TestServer {
 }
 
 impl TestServer {
+    /// A server that serves and has published its settings, as the daemon
+    /// does once it listens.
     fn start(handler: fn(&PodRequest) -> PodResult) -> TestServer {
+        let server = TestServer::unready(handler);
+        publish_settings(&server.socket);
+        server
+    }
+
+    /// A server that serves but has not published its settings (yet).
+    fn unready(handler: fn(&PodRequest) -> PodResult) -> TestServer {
         let folder = TempFolder::new("srv");
         let socket = folder.join("cni.sock");
         // Bound and listening once `bind` returns: a shim may connect at once.
@@ -135,12 +146,33 @@ fn scripted_handler(request: &PodRequest) -> PodResult {
 const CNI_ERROR: &[u8] =
     br#"{"cniVersion":"0.4.0","code":7,"msg":"no bridge cni0","details":"create it first"}"#;
 
+/// Writes the settings file beside `socket`, as a daemon that serves there
+/// does.
+fn publish_settings(socket: &Path) {
+    write_settings(socket, &json!({"mtu": 1400})).expect("write config.json");
+}
+
 /// A netconf naming `socket`, in the layout a runtime writes.
 fn netconf_for(socket: &Path) -> String {
-    format!(
-        r#"{{"cniVersion":"0.4.0","name":"podnet","type":"cniserver-shim","socket":{}}}"#,
+    netconf_with(socket, &[])
+}
+
+/// A netconf naming `socket`, with more keys after it.
+fn netconf_with(socket: &Path, extra: &[(&str, Value)]) -> String {
+    let mut netconf = format!(
+        r#"{{"cniVersion":"0.4.0","name":"podnet","type":"cniserver-shim","socket":{}"#,
         Value::String(socket.display().to_string())
-    )
+    );
+    for (key, value) in extra {
+        netconf.push_str(&format!(",{}:{value}", Value::String(key.to_string())));
+    }
+    netconf.push('}');
+    netconf
+}
+
+/// A `logFile` key for `netconf_with`.
+fn log_key(log: &Path) -> (&'static str, Value) {
+    ("logFile", Value::String(log.display().to_string()))
 }
 
 /// An environment for the shim, as name and value pairs.
@@ -207,7 +239,8 @@ impl Run {
 }
 
 /// Execs the shim the way a runtime does: this environment only (and
-/// `PATH`), `stdin` written and closed, stdout and stderr collected.
+/// `PATH`), `stdin` written and closed, stdout and stderr collected. A shim
+/// still running after the guard is killed and the test fails.
 fn exec_shim(args: &[&str], env: &[(String, String)], stdin: &[u8]) -> Run {
     let mut child = Command::new(SHIM)
         .args(args)
@@ -223,12 +256,33 @@ fn exec_shim(args: &[&str], env: &[(String, String)], stdin: &[u8]) -> Run {
     // A shim that does not read stdin (--help) may close it first.
     let _ = pipe.write_all(stdin);
     drop(pipe);
-    let output = child.wait_with_output().expect("wait for the shim");
-    Run {
-        stdout: output.stdout,
-        stderr: output.stderr,
-        exit: output.status.code(),
+
+    // What the shim prints is small enough for the pipes' buffers, so it
+    // can be read once the shim has exited.
+    let give_up = Instant::now() + GUARD;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the shim") {
+            break status;
+        }
+        if Instant::now() > give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the shim did not exit within {GUARD:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let mut run = Run {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        exit: status.code(),
+    };
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut run.stdout).expect("read stdout");
     }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut run.stderr).expect("read stderr");
+    }
+    run
 }
 
 /// A socket path in a fresh folder where nothing is listening.
@@ -314,6 +368,27 @@ fn prints_server_failures_as_cni_errors() {
             Want::Exact(CNI_ERROR),
         ),
         (
+            "a DEL's CNI error from the handler passes through unchanged",
+            pod_env("DEL", "wants-cni-error"),
+            Want::Exact(CNI_ERROR),
+        ),
+        (
+            "a DEL's plain-text handler error is not hidden",
+            pod_env("DEL", "wants-silence"),
+            Want::Error {
+                code: 999,
+                msg: "the CNI server answered 500 with no message",
+            },
+        ),
+        (
+            "a busy server answering a DEL means try again later",
+            pod_env("DEL", "wants-busy"),
+            Want::Error {
+                code: 11,
+                msg: "too many pods at once",
+            },
+        ),
+        (
             "a plain-text handler error becomes the msg",
             pod_env("FROB", "sandbox-2"),
             Want::Error {
@@ -378,28 +453,61 @@ fn prints_server_failures_as_cni_errors() {
     }
 }
 
+/// What is left at a socket path when no server answers there.
+#[derive(Debug, Clone, Copy)]
+enum Leftover {
+    /// Nothing: no socket, no settings file.
+    Nothing,
+    /// Not even the socket's folder.
+    NoFolder,
+    /// A socket file that outlived its server: nothing accepts on it.
+    StaleSocket,
+    /// The settings file, but no socket.
+    SettingsOnly,
+    /// A stale socket and the settings file.
+    StaleSocketAndSettings,
+    /// A plain file where the socket should be.
+    PlainFile,
+}
+
+/// Leaves `leftover` in `folder` and gives the socket path to use.
+fn leave(folder: &TempFolder, leftover: Leftover) -> PathBuf {
+    let socket = folder.join("cni.sock");
+    match leftover {
+        Leftover::Nothing => {}
+        Leftover::NoFolder => return folder.join("gone").join("cni.sock"),
+        Leftover::StaleSocket => drop(UnixListener::bind(&socket).expect("bind and drop")),
+        Leftover::SettingsOnly => publish_settings(&socket),
+        Leftover::StaleSocketAndSettings => {
+            drop(UnixListener::bind(&socket).expect("bind and drop"));
+            publish_settings(&socket);
+        }
+        Leftover::PlainFile => fs::write(&socket, b"").expect("write a plain file"),
+    }
+    socket
+}
+
 #[test]
 fn reports_an_absent_server_as_try_again_later() {
-    let folder = TempFolder::new("absent");
-
-    // A socket file that outlived its server: nothing accepts on it.
-    let stale = folder.join("stale.sock");
-    drop(UnixListener::bind(&stale).expect("bind and drop"));
-    // A file that is not a socket at all.
-    let plain = folder.join("plain.sock");
-    fs::write(&plain, b"").expect("write a plain file");
-
-    let cases: &[(&str, PathBuf)] = &[
-        ("no socket file", nowhere(&folder)),
-        ("no socket folder", folder.join("gone").join("cni.sock")),
-        ("a socket nobody listens on", stale),
-        ("a plain file", plain),
+    let cases: &[(&str, &str, Leftover)] = &[
+        ("ADD after the server left", "ADD", Leftover::SettingsOnly),
+        (
+            "ADD to a stale socket",
+            "ADD",
+            Leftover::StaleSocketAndSettings,
+        ),
+        ("CHECK with no socket folder", "CHECK", Leftover::NoFolder),
+        ("CHECK with no socket", "CHECK", Leftover::Nothing),
+        ("CHECK to a plain file", "CHECK", Leftover::PlainFile),
+        ("STATUS to a stale socket", "STATUS", Leftover::StaleSocket),
     ];
-    for (name, socket) in cases {
+    for (name, command, leftover) in cases {
+        let folder = TempFolder::new("absent");
+        let socket = leave(&folder, *leftover);
         let run = exec_shim(
             &[],
-            &pod_env("ADD", "sandbox-5"),
-            netconf_for(socket).as_bytes(),
+            &pod_env(command, "sandbox-5"),
+            netconf_for(&socket).as_bytes(),
         );
         assert_eq!(run.exit, Some(1), "{name}: stdout {}", run.stdout_text());
         run.assert_no_secret();
@@ -412,6 +520,396 @@ fn reports_an_absent_server_as_try_again_later() {
             "{name}: msg does not name the socket: {msg}"
         );
     }
+}
+
+#[test]
+fn add_fails_fast_until_the_server_publishes_its_settings() {
+    let server = TestServer::unready(reference::answer);
+    let netconf = netconf_for(&server.socket);
+    let settings_file = settings_path(&server.socket).display().to_string();
+
+    let run = exec_shim(&[], &pod_env("ADD", "early"), netconf.as_bytes());
+    assert_eq!(run.exit, Some(1), "stdout {}", run.stdout_text());
+    run.assert_no_secret();
+    let error = run.error();
+    assert_eq!(error["code"], 11, "{error}");
+    let msg = error["msg"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("server not ready"), "{msg}");
+    assert!(
+        msg.contains(&settings_file),
+        "msg does not name the file: {msg}"
+    );
+    assert_eq!(server.requests().len(), 0, "the handler was called");
+
+    // Commands other than ADD do not wait for the settings.
+    for command in ["DEL", "CHECK"] {
+        let run = exec_shim(&[], &pod_env(command, "early"), netconf.as_bytes());
+        assert_eq!(run.exit, Some(0), "{command}: stdout {}", run.stdout_text());
+    }
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "DEL and CHECK reach the handler"
+    );
+
+    publish_settings(&server.socket);
+    let run = exec_shim(&[], &pod_env("ADD", "early"), netconf.as_bytes());
+    assert_eq!(run.exit, Some(0), "stdout {}", run.stdout_text());
+    assert_eq!(run.stdout, reference::add_result(NETNS));
+    assert_eq!(server.requests().len(), 3, "the ADD reaches the handler");
+}
+
+#[test]
+fn add_without_settings_does_not_even_connect() {
+    let folder = TempFolder::new("noconn");
+    let socket = folder.join("cni.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+
+    let run = exec_shim(
+        &[],
+        &pod_env("ADD", "sandbox-7"),
+        netconf_for(&socket).as_bytes(),
+    );
+    assert_eq!(run.error()["code"], 11, "stdout {}", run.stdout_text());
+
+    // A connection would wait in the backlog whether or not it was
+    // accepted; there is none.
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the shim connected: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// DEL when the server cannot be reached
+
+/// What a DEL with no server behind it must come to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DelWant {
+    /// Exit 0 and nothing printed: no server is installed.
+    Done,
+    /// Code 11, so that the runtime tries again.
+    Retry,
+}
+
+#[test]
+fn del_without_a_server_succeeds_only_when_none_is_installed() {
+    let cases: &[(&str, Leftover, DelWant)] = &[
+        (
+            "no socket and no settings: nothing to tear down",
+            Leftover::Nothing,
+            DelWant::Done,
+        ),
+        (
+            "no socket folder at all: nothing to tear down",
+            Leftover::NoFolder,
+            DelWant::Done,
+        ),
+        (
+            "a stale socket: the server is down or restarting",
+            Leftover::StaleSocket,
+            DelWant::Retry,
+        ),
+        (
+            "settings without a socket: the server is down or restarting",
+            Leftover::SettingsOnly,
+            DelWant::Retry,
+        ),
+        (
+            "a stale socket and settings",
+            Leftover::StaleSocketAndSettings,
+            DelWant::Retry,
+        ),
+        (
+            "something else where the socket should be",
+            Leftover::PlainFile,
+            DelWant::Retry,
+        ),
+    ];
+    for (name, leftover, want) in cases {
+        let folder = TempFolder::new("del");
+        let logs = TempFolder::new("del-log");
+        let log = logs.join("shim.log");
+        let socket = leave(&folder, *leftover);
+        let netconf = netconf_with(&socket, &[log_key(&log)]);
+
+        let run = exec_shim(&[], &pod_env("DEL", "sandbox-del"), netconf.as_bytes());
+        run.assert_no_secret();
+        let logged = fs::read_to_string(&log).unwrap_or_default();
+        let socket = socket.display().to_string();
+        assert_eq!(logged.lines().count(), 1, "{name}: log {logged:?}");
+        assert!(!logged.contains(SECRET_VALUE), "{name}: log {logged:?}");
+        match want {
+            DelWant::Done => {
+                assert_eq!(run.exit, Some(0), "{name}: stdout {}", run.stdout_text());
+                assert!(run.stdout.is_empty(), "{name}: {}", run.stdout_text());
+                assert!(run.stderr.is_empty(), "{name}: {:?}", run.stderr);
+                assert!(logged.contains(" outcome=ok "), "{name}: log {logged:?}");
+                assert!(logged.contains("neither"), "{name}: log {logged:?}");
+                assert!(logged.contains(&socket), "{name}: log {logged:?}");
+            }
+            DelWant::Retry => {
+                assert_eq!(run.exit, Some(1), "{name}: stdout {}", run.stdout_text());
+                let error = run.error();
+                assert_eq!(error["code"], 11, "{name}: {error}");
+                let msg = error["msg"].as_str().unwrap_or_default();
+                assert!(msg.contains(&socket), "{name}: msg {msg}");
+                assert!(
+                    logged.contains(" outcome=error code=11 "),
+                    "{name}: log {logged:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn netconf_timeouts_bound_the_wait() {
+    let folder = TempFolder::new("bounds");
+
+    // Accepted by the backlog, never read or answered. The defaults would
+    // wait longer than the test's guard: only the netconf's bound ends it.
+    let mute = folder.join("mute.sock");
+    let listener = UnixListener::bind(&mute).expect("bind");
+    publish_settings(&mute);
+
+    // A backlog full of connections nobody accepts.
+    let full = folder.join("full").join("cni.sock");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(folder.join("full"))
+        .expect("folder");
+    let (_queue_listener, _queued) = fill_backlog(&full);
+    publish_settings(&full);
+
+    // Name, command, socket, the netconf's bound, what the error says.
+    type Case<'a> = (&'a str, &'a str, &'a Path, (&'a str, Value), &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            "ADD gives up after timeoutMs",
+            "ADD",
+            &mute,
+            ("timeoutMs", json!(300)),
+            "in time",
+        ),
+        (
+            "DEL gives up after timeoutMs and asks to retry",
+            "DEL",
+            &mute,
+            ("timeoutMs", json!(300)),
+            "in time",
+        ),
+        (
+            "ADD gives up connecting after connectTimeoutMs",
+            "ADD",
+            &full,
+            ("connectTimeoutMs", json!(100)),
+            "accepts no connections",
+        ),
+        (
+            "DEL gives up connecting after connectTimeoutMs",
+            "DEL",
+            &full,
+            ("connectTimeoutMs", json!(100)),
+            "accepts no connections",
+        ),
+    ];
+    for (name, command, socket, key, says) in cases {
+        let netconf = netconf_with(socket, std::slice::from_ref(key));
+        let run = exec_shim(&[], &pod_env(command, "sandbox-8"), netconf.as_bytes());
+        assert_eq!(run.exit, Some(1), "{name}: stdout {}", run.stdout_text());
+        let error = run.error();
+        assert_eq!(error["code"], 11, "{name}: {error}");
+        let msg = error["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{name}: msg {msg}");
+    }
+    drop(listener);
+}
+
+#[test]
+fn refuses_timeouts_that_are_not_whole_milliseconds() {
+    let server = TestServer::start(reference::answer);
+    let logs = TempFolder::new("timeouts");
+    let log = logs.join("shim.log");
+    let values = [
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(1e3),
+        json!(true),
+        json!([1000]),
+        json!("timeout-value-never-echoed"),
+        json!(86_400_001_u64),
+        json!(u64::MAX),
+    ];
+
+    let mut runs = 0;
+    for key in ["timeoutMs", "connectTimeoutMs"] {
+        for value in &values {
+            for command in ["ADD", "DEL"] {
+                let netconf = netconf_with(&server.socket, &[(key, value.clone()), log_key(&log)]);
+                let run = exec_shim(&[], &pod_env(command, "sandbox-9"), netconf.as_bytes());
+                runs += 1;
+                let name = format!("{command} with {key}={value}");
+                assert_eq!(run.exit, Some(1), "{name}: stdout {}", run.stdout_text());
+                let error = run.error();
+                assert_eq!(error["code"], 7, "{name}: {error}");
+                let msg = error["msg"].as_str().unwrap_or_default();
+                assert!(msg.contains(key), "{name}: msg {msg}");
+                let text = value.to_string();
+                if text.len() > 3 {
+                    let bare = text.trim_matches('"');
+                    assert!(!run.stdout_text().contains(bare), "{name}: echoed");
+                }
+            }
+        }
+    }
+    assert_eq!(server.requests().len(), 0, "a call reached the handler");
+
+    // Bad values are logged as such, without the value.
+    let logged = fs::read_to_string(&log).expect("read the log");
+    assert_eq!(logged.lines().count(), runs, "{logged}");
+    for line in logged.lines() {
+        assert!(line.contains(" outcome=error code=7 "), "{line}");
+        assert!(!line.contains("timeout-value-never-echoed"), "{line}");
+    }
+
+    // Good values work.
+    let netconf = netconf_with(
+        &server.socket,
+        &[
+            ("connectTimeoutMs", json!(2000)),
+            ("timeoutMs", json!(60000)),
+        ],
+    );
+    let run = exec_shim(&[], &pod_env("ADD", "sandbox-9"), netconf.as_bytes());
+    assert_eq!(run.exit, Some(0), "stdout {}", run.stdout_text());
+    assert_eq!(server.requests().len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// The log file
+
+/// A netconf value that must never reach the log.
+const NETCONF_SECRET: &str = "netconf-token-never-log-me";
+
+/// Whether `token` is an RFC 3339 UTC time as the shim writes it:
+/// `2024-02-29T23:59:59.123Z`.
+fn is_utc_timestamp(token: &str) -> bool {
+    let shape = "dddd-dd-ddTdd:dd:dd.dddZ";
+    token.len() == shape.len()
+        && token
+            .bytes()
+            .zip(shape.bytes())
+            .all(|(got, want)| match want {
+                b'd' => got.is_ascii_digit(),
+                _ => got == want,
+            })
+}
+
+#[test]
+fn logs_one_line_per_call_and_no_secrets() {
+    let server = TestServer::start(scripted_handler);
+    let logs = TempFolder::new("log");
+    let log = logs.join("shim.log");
+    let netconf = netconf_with(
+        &server.socket,
+        &[
+            log_key(&log),
+            ("delegateType", json!("bridge")),
+            ("token", json!(NETCONF_SECRET)),
+        ],
+    );
+
+    let calls: &[(&str, &str, &str)] = &[
+        ("ADD", "log-add", "outcome=ok"),
+        ("CHECK", "log-check", "outcome=ok"),
+        ("DEL", "wants-cni-error", "outcome=error code=7"),
+        ("ADD", "wants-busy", "outcome=error code=11"),
+        ("DEL", "log-del", "outcome=ok"),
+    ];
+    for (command, sandbox_id, _) in calls {
+        let run = exec_shim(&[], &pod_env(command, sandbox_id), netconf.as_bytes());
+        assert!(
+            run.stderr.is_empty(),
+            "{command}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+
+    let logged = fs::read_to_string(&log).expect("read the log");
+    let lines: Vec<&str> = logged.lines().collect();
+    assert_eq!(lines.len(), calls.len(), "{logged}");
+    for (line, (command, sandbox_id, outcome)) in lines.iter().zip(calls) {
+        let (time, rest) = line.split_once(' ').unwrap_or_default();
+        assert!(is_utc_timestamp(time), "not a UTC time: {line}");
+        let head = format!("command={command} container={sandbox_id} {outcome} duration_ms=");
+        assert!(rest.starts_with(&head), "want {head:?}...: {line}");
+        let duration = rest[head.len()..].split(' ').next().unwrap_or_default();
+        assert!(
+            !duration.is_empty() && duration.bytes().all(|b| b.is_ascii_digit()),
+            "duration: {line}"
+        );
+    }
+    assert!(
+        lines[2].ends_with(" msg=\"no bridge cni0\""),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].ends_with(" msg=\"too many pods at once\""),
+        "{}",
+        lines[3]
+    );
+
+    let mode = fs::metadata(&log)
+        .expect("stat the log")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "log mode {mode:o}");
+    for secret in [SECRET_VALUE, NETCONF_SECRET, NETNS, "web-1", "/opt/cni/bin"] {
+        assert!(
+            !logged.contains(secret),
+            "the log shows {secret:?}: {logged}"
+        );
+    }
+}
+
+#[test]
+fn a_log_that_cannot_be_written_does_not_fail_the_call() {
+    let server = TestServer::start(reference::answer);
+    let logs = TempFolder::new("badlog");
+    let target = logs.join("target.log");
+    fs::write(&target, b"").expect("write the link's target");
+    let link = logs.join("link.log");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+
+    let cases: &[(&str, PathBuf)] = &[
+        (
+            "the log's folder is missing",
+            logs.join("gone").join("shim.log"),
+        ),
+        ("the log is a symbolic link", link),
+        ("the log is a folder", logs.0.clone()),
+    ];
+    for (name, log) in cases {
+        let netconf = netconf_with(&server.socket, &[log_key(log)]);
+        let run = exec_shim(&[], &pod_env("ADD", "sandbox-10"), netconf.as_bytes());
+        assert_eq!(run.exit, Some(0), "{name}: stdout {}", run.stdout_text());
+        assert_eq!(run.stdout, reference::add_result(NETNS), "{name}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("cannot write the log file"),
+            "{name}: {stderr}"
+        );
+        run.assert_no_secret();
+    }
+    let target_text = fs::read_to_string(&target).expect("read the target");
+    assert!(
+        target_text.is_empty(),
+        "written through a link: {target_text}"
+    );
 }
 
 #[test]
@@ -433,6 +931,7 @@ fn reports_a_broken_answer_as_an_io_failure() {
     for (name, answer, success) in cases {
         let folder = TempFolder::new("raw");
         let socket = folder.join("raw.sock");
+        publish_settings(&socket);
         let server = answer_once(&socket, answer);
         let run = exec_shim(
             &[],
@@ -587,7 +1086,19 @@ fn says_what_it_is_when_asked() {
     let run = exec_shim(&["--help"], &[], b"");
     assert_eq!(run.exit, Some(0));
     let help = run.stdout_text();
-    for needle in ["CNI plugin", "CNI_COMMAND", "stdin", "socket", "cniVersion"] {
+    for needle in [
+        "CNI plugin",
+        "CNI_COMMAND",
+        "stdin",
+        "socket",
+        "connectTimeoutMs",
+        "timeoutMs",
+        "logFile",
+        "cniVersion",
+        "config.json",
+        "DEL when the server cannot be reached",
+        "Exit status",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle:?}: {help}");
     }
     assert_eq!(exec_shim(&["-h"], &[], b"").stdout_text(), help);
@@ -634,10 +1145,29 @@ fn client_gives_up_on_a_server_that_never_answers() {
 
 #[test]
 fn client_gives_up_on_a_server_that_accepts_nothing() {
-    use nix::sys::socket::{self as sock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
-
     let folder = TempFolder::new("full");
     let socket = folder.join("full.sock");
+    let (_listener, _queued) = fill_backlog(&socket);
+
+    let config = ClientConfig {
+        connect_timeout: Duration::from_millis(100),
+        timeout: GUARD,
+        ..ClientConfig::default()
+    };
+    let error = client::send_with(&socket, &CniRequest::default(), &config)
+        .expect_err("the backlog is full");
+    assert!(
+        matches!(error.failure(), Failure::ConnectTimedOut),
+        "{error:?}: {error}"
+    );
+    assert!(error.is_unreachable(), "{error}");
+}
+
+/// A socket listening at `socket` with the smallest backlog, filled with
+/// connections that nobody accepts; both stay open while kept.
+fn fill_backlog(socket: &Path) -> (OwnedFd, Vec<OwnedFd>) {
+    use nix::sys::socket::{self as sock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+
     let listener = sock::socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -645,11 +1175,10 @@ fn client_gives_up_on_a_server_that_accepts_nothing() {
         None,
     )
     .expect("socket");
-    let address = UnixAddr::new(&socket).expect("address");
+    let address = UnixAddr::new(socket).expect("address");
     sock::bind(listener.as_raw_fd(), &address).expect("bind");
     sock::listen(&listener, Backlog::new(0).expect("backlog")).expect("listen");
 
-    // Fill the backlog with connections that nobody accepts.
     let mut queued = Vec::new();
     for _ in 0..64 {
         let fd = sock::socket(
@@ -664,18 +1193,5 @@ fn client_gives_up_on_a_server_that_accepts_nothing() {
         }
         queued.push(fd);
     }
-
-    let config = ClientConfig {
-        connect_timeout: Duration::from_millis(100),
-        timeout: GUARD,
-        ..ClientConfig::default()
-    };
-    let error = client::send_with(&socket, &CniRequest::default(), &config)
-        .expect_err("the backlog is full");
-    assert!(
-        matches!(error.failure(), Failure::ConnectTimedOut),
-        "{error:?}: {error}"
-    );
-    assert!(error.is_unreachable(), "{error}");
-    drop(queued);
+    (listener, queued)
 }
