@@ -93,8 +93,14 @@ ls -l /proc/$$/fd/ > "@DIR@/fds.txt"
 printf '{"cniVersion":"0.4.0","ips":[]}'
 "#;
 
-const PLUGINS: [(&str, &str); 8] = [
+/// Writes more than the daemon reads.
+const FLOOD: &str = r#"#!/bin/sh
+head -c 2097152 /dev/zero
+"#;
+
+const PLUGINS: [(&str, &str); 9] = [
     ("echo-result", ECHO_RESULT),
+    ("flood", FLOOD),
     ("fds", FDS),
     ("recorder", RECORDER),
     ("fail-cni", FAIL_CNI),
@@ -498,6 +504,12 @@ fn answers_pass_plugin_output_through_or_describe_the_failure() {
             "ADD",
             "garbage-ok",
             Want::Error(999, "its output is not a CNI result"),
+        ),
+        (
+            "output past the bound is an error",
+            "ADD",
+            "flood",
+            Want::Error(999, "wrote more than 1 MiB to stdout"),
         ),
         (
             "a missing plugin names the folders searched",

@@ -25,12 +25,17 @@
 //! run has a deadline, after which the plugin's whole process group is
 //! killed ([`delegate`]).
 //!
+//! For deployment the daemon can also serve a socket systemd holds
+//! ([`activation`]), install the shim and the runtime's network config
+//! ([`install`]), and answer its own liveness and readiness probes
+//! ([`probe`]).
+//!
 //! # Security
 //!
 //! Only root can connect to the socket (see [`crate::socket`]), and the
 //! daemon runs plugins as root, so what a request may run is narrowed to
 //! plain names inside the plugin path, and what it may hand them to the
-//! `CNI_*` variables. The request's environment (which may hold secrets)
+//! `CNI_*` variables (with a fixed `PATH`). The request's environment (which may hold secrets)
 //! never reaches a plugin, a log line or an error.
 
 pub mod activation;

@@ -2,7 +2,7 @@
 //! lanes that keep one container's requests in arrival order.
 //!
 //! The reactor thread must never block, and a plugin run can take seconds,
-//! so every request becomes a [`Job`] that a worker thread runs. Requests
+//! so every request becomes a job that a worker thread runs. Requests
 //! for different containers run in parallel, up to the number of workers;
 //! requests for one container ID wait in that container's lane and run
 //! one at a time, because a DEL racing the ADD it undoes would leave
