@@ -50,6 +50,14 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    // Shims read this file before ADD: it says a server is up. This server
+    // has no settings to hand out, so it publishes an empty object.
+    let settings = cniserver::settings::settings_path(server.path());
+    if let Err(e) = cniserver::settings::write_atomically(&settings, b"{}\n", 0o444) {
+        eprintln!("embed: {e}");
+        return ExitCode::FAILURE;
+    }
+
     eprintln!("listening on {socket}");
     match server.serve(|request, reply| reply.send(reference::answer(&request))) {
         Ok(()) => ExitCode::SUCCESS,
