@@ -540,7 +540,9 @@ mod tests {
     #[test]
     fn probe_takes_an_endpoint_and_a_socket() {
         let env = FlagEnv::default();
-        let cases: [(&[&str], Option<(Endpoint, &str)>); 7] = [
+        /// The arguments, and the probe they ask for (`None`: an error).
+        type Case<'a> = (&'a [&'a str], Option<(Endpoint, &'a str)>);
+        let cases: [Case; 7] = [
             (
                 &["probe", "healthz"],
                 Some((Endpoint::Healthz, DEFAULT_SOCKET_PATH)),
