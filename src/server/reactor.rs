@@ -30,6 +30,9 @@ pub(super) const WAKER: Token = Token(usize::MAX);
 /// How often deadlines are checked while anything is open.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Connection slots kept allocated while none is open.
+const RETAINED_SLOTS: usize = 1024;
+
 /// The size of the one read buffer all connections share.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -463,6 +466,12 @@ impl Reactor {
             // Dropping the stream closes it, which also takes it out of the
             // poll set: no deregister call is needed.
             drop(self.conns.remove(key));
+        }
+        // A burst of connections grows the slab for good; once the last of
+        // them is gone, its memory goes back. Late answers for the old keys
+        // are told apart by their request IDs, which never repeat.
+        if self.conns.is_empty() && self.conns.capacity() > RETAINED_SLOTS {
+            self.conns = Slab::new();
         }
     }
 
