@@ -30,6 +30,8 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 /// The longest `--plugin-timeout` or `--shutdown-grace` accepted: a day.
 const MAX_SECONDS: f64 = 86_400.0;
+/// The smallest `--mtu` accepted: the least an IPv4 link must carry.
+pub const MIN_MTU: u16 = 68;
 
 /// The help text, documenting every flag and its default.
 pub const USAGE: &str = "\
@@ -58,6 +60,10 @@ Options:
                              with its whole process group (default 120)
   --shutdown-grace SECONDS   after SIGTERM or SIGINT, how long running
                              plugins may still finish (default 30)
+  --mtu N                    the MTU, 68 to 65535, published to shims in
+                             config.json and given to each delegate plugin
+                             as the netconf's \"mtu\" when the netconf has
+                             none (default: none; plugins pick their own)
   --install-shim FOLDER      at start, copy the cniserver-shim that sits
                              beside this executable into FOLDER, the
                              runtime's CNI bin folder (default: no copy)
@@ -97,6 +103,8 @@ pub struct DaemonConfig {
     pub plugin_timeout: Duration,
     /// How long running plugins may finish after SIGTERM or SIGINT.
     pub shutdown_grace: Duration,
+    /// The MTU for netconfs that name none, also published to shims.
+    pub mtu: Option<u16>,
     /// The CNI bin folder to install the shim into, if any.
     pub install_shim: Option<PathBuf>,
     /// The network config to install once the socket listens, if any.
@@ -223,6 +231,7 @@ where
     let mut max_queue = None;
     let mut plugin_timeout = None;
     let mut shutdown_grace = None;
+    let mut mtu = None;
     let mut install_shim = None;
     let mut conflist = None;
     let mut cni_conf_dir = None;
@@ -270,6 +279,7 @@ where
                 f,
                 parse_seconds(f, &args.value(f, inline)?, true)?,
             )?,
+            "--mtu" => set(&mut mtu, f, parse_mtu(f, &args.value(f, inline)?)?)?,
             "--install-shim" => set(&mut install_shim, f, parse_path(f, args.value(f, inline)?)?)?,
             "--conflist" => set(&mut conflist, f, parse_path(f, args.value(f, inline)?)?)?,
             "--cni-conf-dir" => set(&mut cni_conf_dir, f, parse_path(f, args.value(f, inline)?)?)?,
@@ -314,6 +324,7 @@ where
         max_queue: max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
         plugin_timeout: plugin_timeout.unwrap_or(Duration::from_secs(DEFAULT_PLUGIN_TIMEOUT_SECS)),
         shutdown_grace: shutdown_grace.unwrap_or(Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS)),
+        mtu,
         install_shim,
         conflist,
         cni_conf_dir: cni_conf_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_CONF_DIR)),
@@ -370,6 +381,12 @@ fn parse_count(flag: &str, value: &str, min: usize, max: usize) -> Result<usize,
     }
 }
 
+fn parse_mtu(flag: &str, value: &str) -> Result<u16, UsageError> {
+    let count = parse_count(flag, value, MIN_MTU.into(), u16::MAX.into())?;
+    // parse_count kept it within u16.
+    Ok(count as u16)
+}
+
 /// Reads a number of seconds, fractions allowed, up to a day; zero only
 /// when `zero_ok`.
 fn parse_seconds(flag: &str, value: &str, zero_ok: bool) -> Result<Duration, UsageError> {
@@ -410,6 +427,7 @@ mod tests {
         assert_eq!(config.max_queue, 1024);
         assert_eq!(config.plugin_timeout, Duration::from_secs(120));
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.mtu, None);
         assert_eq!(config.log_level, Level::Info);
     }
 
@@ -426,6 +444,8 @@ mod tests {
                 "--plugin-timeout",
                 "1.5",
                 "--shutdown-grace=0",
+                "--mtu",
+                "1450",
                 "--log-level=debug",
             ],
             &FlagEnv::default(),
@@ -436,6 +456,7 @@ mod tests {
         assert_eq!(config.max_queue, 7);
         assert_eq!(config.plugin_timeout, Duration::from_millis(1500));
         assert_eq!(config.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.mtu, Some(1450));
         assert_eq!(config.log_level, Level::Debug);
     }
 
@@ -474,7 +495,7 @@ mod tests {
     #[test]
     fn bad_flags_are_named_in_the_error() {
         let env = FlagEnv::default();
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 16] = [
             (&["--bogus"], "--bogus"),
             (&["stray"], "stray"),
             (&["--socket"], "--socket needs a value"),
@@ -488,6 +509,12 @@ mod tests {
             (&["--shutdown-grace", "-1"], "--shutdown-grace"),
             (&["--log-level", "loud"], "--log-level"),
             (&["--cni-path", "relative/bin"], "--cni-path"),
+            (
+                &["--mtu", "67"],
+                "--mtu: expected a whole number from 68 to 65535",
+            ),
+            (&["--mtu", "65536"], "--mtu"),
+            (&["--mtu", "jumbo"], "--mtu"),
         ];
         for (args, want) in cases {
             match parse(args, &env) {
@@ -585,6 +612,7 @@ mod tests {
             "--max-queue",
             "--plugin-timeout",
             "--shutdown-grace",
+            "--mtu",
             "--install-shim",
             "--conflist",
             "--cni-conf-dir",

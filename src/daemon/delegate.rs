@@ -176,7 +176,14 @@ pub struct Delegation {
 impl Delegation {
     /// Works out the plugin run for a request, or the error to answer with
     /// when there is nothing that may be run.
-    pub fn prepare(request: &PodRequest, plugins: &PluginPath) -> Result<Delegation, Outcome> {
+    ///
+    /// `mtu`, the daemon's `--mtu`, goes into a netconf that has no `mtu`
+    /// of its own: plugins such as bridge read it from there.
+    pub fn prepare(
+        request: &PodRequest,
+        plugins: &PluginPath,
+        mtu: Option<u16>,
+    ) -> Result<Delegation, Outcome> {
         let fail = |error: CniError, cni_version: &str| Outcome::failure(&error, cni_version);
 
         let netconf: Value = serde_json::from_slice(&request.config).map_err(|e| {
@@ -218,6 +225,9 @@ impl Delegation {
         })?;
 
         netconf.insert("type".to_owned(), Value::String(plugin.clone()));
+        if let Some(mtu) = mtu {
+            netconf.entry("mtu").or_insert(Value::from(mtu));
+        }
         // Serializing a JSON value into a Vec cannot fail.
         let stdin = serde_json::to_vec(&netconf).unwrap_or_default();
 
@@ -260,6 +270,58 @@ fn plugin_env(
     Ok(env)
 }
 
+/// How a plugin run ended, as the daemon's metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunResult {
+    /// It exited 0 with an acceptable result.
+    Success = 0,
+    /// It failed, or claimed success with output that is not a result.
+    Error,
+    /// It ran past its deadline and was killed.
+    Timeout,
+    /// The daemon stopped and killed it.
+    Aborted,
+    /// It wrote more than [`MAX_OUTPUT_BYTES`] and was killed.
+    OutputLimit,
+    /// It could not be started.
+    ExecFailed,
+}
+
+impl RunResult {
+    /// Every result, in the order of their discriminants.
+    pub const ALL: [RunResult; 6] = [
+        RunResult::Success,
+        RunResult::Error,
+        RunResult::Timeout,
+        RunResult::Aborted,
+        RunResult::OutputLimit,
+        RunResult::ExecFailed,
+    ];
+
+    /// The result as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Success => "success",
+            RunResult::Error => "error",
+            RunResult::Timeout => "timeout",
+            RunResult::Aborted => "aborted",
+            RunResult::OutputLimit => "output_limit",
+            RunResult::ExecFailed => "exec_failed",
+        }
+    }
+}
+
+/// A finished plugin run: the client's answer, and what metrics count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRun {
+    /// The answer for the client.
+    pub outcome: Outcome,
+    /// How the run ended.
+    pub result: RunResult,
+    /// From just before the exec to the plugin's exit (or its kill).
+    pub took: Duration,
+}
+
 /// Runs the delegate plugin to completion, its deadline, or `abort`, and
 /// turns what happened into the answer for the client.
 ///
@@ -270,13 +332,34 @@ pub fn run(
     deadline: Instant,
     timeout: Duration,
     abort: &AtomicBool,
-) -> Outcome {
-    match execute(delegation, deadline, abort) {
-        Ok(run) => judge(delegation, command, run, timeout),
+) -> PluginRun {
+    let started = Instant::now();
+    let executed = execute(delegation, deadline, abort);
+    let took = started.elapsed();
+
+    let (outcome, result) = match executed {
+        Ok(run) => {
+            let ending = run.ending;
+            let outcome = judge(delegation, command, run, timeout);
+            let result = match ending {
+                Ending::Exited if matches!(outcome, Outcome::Success(_)) => RunResult::Success,
+                Ending::Exited => RunResult::Error,
+                Ending::TimedOut => RunResult::Timeout,
+                Ending::Aborted => RunResult::Aborted,
+                Ending::TooMuchOutput(_) => RunResult::OutputLimit,
+            };
+            (outcome, result)
+        }
         Err(e) => {
             let msg = format!("cannot run delegate plugin {:?}: {e}", delegation.plugin);
-            delegation.failure(CniError::new(GENERIC_FAILURE, msg))
+            let outcome = delegation.failure(CniError::new(GENERIC_FAILURE, msg));
+            (outcome, RunResult::ExecFailed)
         }
+    };
+    PluginRun {
+        outcome,
+        result,
+        took,
     }
 }
 

@@ -18,7 +18,8 @@
 //!
 //! Once it listens, the daemon publishes `config.json` beside its socket
 //! (see [`crate::settings`]): shims read it before an ADD to know a server
-//! is up. It is left in place at exit.
+//! is up, and it carries the `--mtu` when one is set. It is left in place
+//! at exit.
 //!
 //! The reactor thread only parses and queues; plugins run on a bounded
 //! pool of worker threads ([`queue`]), one at a time per container. Each
@@ -28,7 +29,8 @@
 //! For deployment the daemon can also serve a socket systemd holds
 //! ([`activation`]), install the shim and the runtime's network config
 //! ([`install`]), and answer its own liveness and readiness probes
-//! ([`probe`]).
+//! ([`probe`]). `GET /metrics` shows the server library's metrics and the
+//! daemon's own: its queue, its workers and its plugin runs ([`metrics`]).
 //!
 //! # Security
 //!
@@ -44,6 +46,7 @@ pub mod delegate;
 pub mod error;
 pub mod install;
 pub mod log;
+pub mod metrics;
 pub mod probe;
 pub mod queue;
 
@@ -63,6 +66,7 @@ use crate::socket::SocketError;
 use config::{parse_args, DaemonConfig, FlagEnv, Invocation, USAGE};
 use install::InstallError;
 use log::Value;
+use metrics::DaemonMetrics;
 use queue::{QueueSettings, WorkQueue};
 
 /// How much longer than a request's deadline the server waits for its
@@ -177,11 +181,15 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .transpose()
         .map_err(DaemonError::Install)?;
 
-    let server = open_server(&config)?;
+    let metrics = Arc::new(DaemonMetrics::new(config.workers));
+    let server = open_server(&config, &metrics)?;
     // Shims read this file before an ADD to learn that a server is up; it
     // stays when the daemon stops, so that a shim can tell a stopped
     // server from one that was never installed.
-    let published = json!({"server": "cniserverd", "version": env!("CARGO_PKG_VERSION")});
+    let mut published = json!({"server": "cniserverd", "version": env!("CARGO_PKG_VERSION")});
+    if let Some(mtu) = config.mtu {
+        published["mtu"] = json!(mtu);
+    }
     settings::write_settings(server.path(), &published).map_err(DaemonError::Settings)?;
 
     // The socket takes connections from here on, so the runtime may now
@@ -200,7 +208,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => None,
     };
 
-    let served = serve(server, &config);
+    let served = serve(server, &config, metrics);
 
     if let (true, Some(installed)) = (config.remove_conflist_on_exit, conflist) {
         match install::remove_conflist(&installed) {
@@ -214,11 +222,14 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 }
 
 /// Binds the socket, or takes the one systemd passed.
-fn open_server(config: &DaemonConfig) -> Result<Server, DaemonError> {
+fn open_server(config: &DaemonConfig, metrics: &Arc<DaemonMetrics>) -> Result<Server, DaemonError> {
+    let scraped = metrics.clone();
     let server_config = ServerConfig {
         reply_timeout: config.plugin_timeout + REPLY_MARGIN,
         shutdown_grace: config.shutdown_grace,
         on_event: Some(Arc::new(log_server_event)),
+        // Only atomics are read: a scrape never waits for a worker.
+        extra_metrics: Some(Arc::new(move |out: &mut String| scraped.render(out))),
         ..ServerConfig::default()
     };
     let inherited = activation::inherited_listener(&config.socket)
@@ -234,7 +245,11 @@ fn open_server(config: &DaemonConfig) -> Result<Server, DaemonError> {
 }
 
 /// Starts the workers and the signal thread, and serves until stopped.
-fn serve(server: Server, config: &DaemonConfig) -> Result<(), DaemonError> {
+fn serve(
+    server: Server,
+    config: &DaemonConfig,
+    metrics: Arc<DaemonMetrics>,
+) -> Result<(), DaemonError> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
@@ -242,13 +257,15 @@ fn serve(server: Server, config: &DaemonConfig) -> Result<(), DaemonError> {
         .thread_block()
         .map_err(|e| DaemonError::Start("signal handling", e.into()))?;
 
-    let (queue, workers) = WorkQueue::start(QueueSettings {
+    let settings = QueueSettings {
         workers: config.workers,
         max_queue: config.max_queue,
         request_timeout: config.plugin_timeout,
         plugins: config.plugins.clone(),
-    })
-    .map_err(|e| DaemonError::Start("worker threads", e))?;
+        mtu: config.mtu,
+    };
+    let (queue, workers) =
+        WorkQueue::start(settings, metrics).map_err(|e| DaemonError::Start("worker threads", e))?;
     if let Err(e) = watch_signals(signals, server.shutdown_handle(), queue.clone()) {
         workers.stop();
         return Err(DaemonError::Start("the signal thread", e));
@@ -256,12 +273,13 @@ fn serve(server: Server, config: &DaemonConfig) -> Result<(), DaemonError> {
 
     log::info(format_args!("listening on {}", server.path().display()));
     log::debug(format_args!(
-        "settings plugin_path={} workers={} max_queue={} plugin_timeout={:?} shutdown_grace={:?}",
+        "settings plugin_path={} workers={} max_queue={} plugin_timeout={:?} shutdown_grace={:?} mtu={}",
         Value(&config.plugins.to_string()),
         config.workers,
         config.max_queue,
         config.plugin_timeout,
         config.shutdown_grace,
+        config.mtu.map_or("none".to_owned(), |mtu| mtu.to_string()),
     ));
 
     let served = server.serve(|request, reply| queue.submit(request, reply));
@@ -270,10 +288,11 @@ fn serve(server: Server, config: &DaemonConfig) -> Result<(), DaemonError> {
 }
 
 /// Logs what the server did on its own: refusals and timeouts at warn, a
-/// client that left before its answer at debug.
+/// client that left before its answer at info (a runtime that gave up on
+/// a request, which then goes on without anyone to answer).
 fn log_server_event(event: &ServerEvent<'_>) {
     match event {
-        ServerEvent::ClientGone { command } => log::debug(format_args!(
+        ServerEvent::ClientGone { command } => log::info(format_args!(
             "client left before its answer command={}",
             Value(command)
         )),

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use super::delegate::{self, cni_version_of_bytes, Delegation, PluginPath};
 use super::error::{CniError, Outcome, TRY_AGAIN_LATER};
 use super::log::{self, Level, Value};
+use super::metrics::{DaemonMetrics, Rejection};
 use crate::cni::{Command, PodRequest};
 use crate::server::{PodError, ReplyHandle};
 
@@ -41,6 +42,8 @@ pub struct QueueSettings {
     pub request_timeout: Duration,
     /// Where delegate plugins are found.
     pub plugins: PluginPath,
+    /// The MTU for netconfs that name none (`--mtu`).
+    pub mtu: Option<u16>,
 }
 
 /// One pod request on its way through the queue.
@@ -134,6 +137,7 @@ struct Shared {
     settings: QueueSettings,
     /// Set when the daemon exits: running plugins are killed.
     abort: AtomicBool,
+    metrics: Arc<DaemonMetrics>,
 }
 
 impl Shared {
@@ -141,6 +145,14 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// Changes the count of waiting jobs, and the gauge that shows it.
+    fn set_waiting(&mut self, waiting: usize, metrics: &DaemonMetrics) {
+        self.waiting = waiting;
+        metrics.set_queued(waiting);
     }
 }
 
@@ -157,8 +169,11 @@ pub struct Workers {
 }
 
 impl WorkQueue {
-    /// Starts the worker threads.
-    pub fn start(settings: QueueSettings) -> std::io::Result<(WorkQueue, Workers)> {
+    /// Starts the worker threads, which count what they do in `metrics`.
+    pub fn start(
+        settings: QueueSettings,
+        metrics: Arc<DaemonMetrics>,
+    ) -> std::io::Result<(WorkQueue, Workers)> {
         let worker_count = settings.workers.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -171,6 +186,7 @@ impl WorkQueue {
             work: Condvar::new(),
             settings,
             abort: AtomicBool::new(false),
+            metrics,
         });
 
         let mut workers = Workers {
@@ -196,31 +212,35 @@ impl WorkQueue {
     /// Queues a request; its answer comes from a worker, or at once when
     /// the request is refused.
     pub fn submit(&self, request: PodRequest, reply: ReplyHandle) {
-        let job = Job::new(request, reply, self.shared.settings.request_timeout);
+        let shared = &self.shared;
+        let job = Job::new(request, reply, shared.settings.request_timeout);
         let mut undone = Vec::new();
 
         let refused = {
-            let mut state = self.shared.lock();
+            let mut state = shared.lock();
             if !state.accepting {
-                Some((job, "the daemon is shutting down"))
+                Some((job, Rejection::ShuttingDown, "the daemon is shutting down"))
             } else {
                 if job.request.command == Command::Del {
-                    undone = take_undone_adds(&mut state, &job.request);
+                    undone = take_undone_adds(&mut state, &job.request, &shared.metrics);
                 }
-                if state.waiting >= self.shared.settings.max_queue {
-                    Some((job, "the daemon's request queue is full"))
+                if state.waiting >= shared.settings.max_queue {
+                    let msg = "the daemon's request queue is full";
+                    Some((job, Rejection::QueueFull, msg))
                 } else {
-                    enqueue(&mut state, job);
-                    self.shared.work.notify_one();
+                    enqueue(&mut state, job, &shared.metrics);
+                    shared.work.notify_one();
                     None
                 }
             }
         };
 
         // Answers go out with the lock released.
-        if let Some((job, msg)) = refused {
+        if let Some((job, why, msg)) = refused {
+            shared.metrics.rejected(why);
             job.refuse(msg);
         }
+        shared.metrics.cancelled(undone.len());
         for job in undone {
             job.refuse("cancelled: a DEL for the same container arrived before this ADD ran");
         }
@@ -232,7 +252,7 @@ impl WorkQueue {
         let drained: Vec<Job> = {
             let mut state = self.shared.lock();
             state.accepting = false;
-            state.waiting = 0;
+            state.set_waiting(0, &self.shared.metrics);
             state.ready.clear();
             let drained = state
                 .lanes
@@ -244,6 +264,7 @@ impl WorkQueue {
             drained
         };
         for job in drained {
+            self.shared.metrics.rejected(Rejection::ShuttingDown);
             job.refuse("the daemon is shutting down");
         }
     }
@@ -267,7 +288,7 @@ impl Workers {
 }
 
 /// Takes out the waiting ADDs a DEL for the same container undoes.
-fn take_undone_adds(state: &mut State, del: &PodRequest) -> Vec<Job> {
+fn take_undone_adds(state: &mut State, del: &PodRequest, metrics: &DaemonMetrics) -> Vec<Job> {
     let Some(lane) = state.lanes.get_mut(&del.sandbox_id) else {
         return Vec::new();
     };
@@ -276,25 +297,29 @@ fn take_undone_adds(state: &mut State, del: &PodRequest) -> Vec<Job> {
         .drain(..)
         .partition(|job| job.is_undone_by(del));
     lane.waiting = kept;
-    state.waiting -= undone.len();
+    let waiting = state.waiting - undone.len();
+    state.set_waiting(waiting, metrics);
     undone.into()
 }
 
-fn enqueue(state: &mut State, job: Job) {
+fn enqueue(state: &mut State, job: Job, metrics: &DaemonMetrics) {
     let id = job.request.sandbox_id.clone();
     let lane = state.lanes.entry(id.clone()).or_default();
     lane.waiting.push_back(job);
     if !lane.running && lane.waiting.len() == 1 {
         state.ready.push_back(id);
     }
-    state.waiting += 1;
+    let waiting = state.waiting + 1;
+    state.set_waiting(waiting, metrics);
 }
 
 /// A worker thread: takes the next ready job, runs it, frees its lane.
 fn work(shared: &Shared) {
     while let Some((id, job)) = next_job(shared) {
+        shared.metrics.worker_started();
         let outcome = run_job(shared, &job);
         job.finish(outcome);
+        shared.metrics.worker_finished();
 
         let mut state = shared.lock();
         let lane_has_more = match state.lanes.get_mut(&id) {
@@ -339,7 +364,8 @@ fn next_job(shared: &Shared) -> Option<(String, Job)> {
         match lane.waiting.pop_front() {
             Some(job) => {
                 lane.running = true;
-                state.waiting -= 1;
+                let waiting = state.waiting - 1;
+                state.set_waiting(waiting, &shared.metrics);
                 return Some((id, job));
             }
             None => {
@@ -355,13 +381,14 @@ fn run_job(shared: &Shared, job: &Job) -> Outcome {
     let version = || cni_version_of_bytes(&request.config);
 
     if Instant::now() >= job.deadline {
+        shared.metrics.rejected(Rejection::Expired);
         let msg = format!(
             "the request waited for a worker past its {:?} deadline",
             settings.request_timeout
         );
         return Outcome::failure(&CniError::new(TRY_AGAIN_LATER, msg), &version());
     }
-    let delegation = match Delegation::prepare(request, &settings.plugins) {
+    let delegation = match Delegation::prepare(request, &settings.plugins, settings.mtu) {
         Ok(delegation) => delegation,
         Err(outcome) => return outcome,
     };
@@ -372,11 +399,22 @@ fn run_job(shared: &Shared, job: &Job) -> Outcome {
         Value(request.command.as_str()),
         Value(&request.sandbox_id),
     ));
-    delegate::run(
+    let run = delegate::run(
         &delegation,
         &request.command,
         job.deadline,
         settings.request_timeout,
         &shared.abort,
-    )
+    );
+    shared
+        .metrics
+        .plugin_run(&delegation.plugin, run.result, run.took);
+    log::debug(format_args!(
+        "plugin finished plugin={} result={} duration_ms={} container={}",
+        Value(&delegation.plugin),
+        run.result.as_str(),
+        run.took.as_millis(),
+        Value(&request.sandbox_id),
+    ));
+    run.outcome
 }
