@@ -330,7 +330,10 @@ impl Reactor {
         let mut out = Vec::new();
 
         match request.head.path.as_str() {
-            "/" if method != Method::Post => response::method_not_allowed(&mut out, "POST"),
+            "/" if method != Method::Post => {
+                self.metrics.http_error(405);
+                response::method_not_allowed(&mut out, "POST")
+            }
             "/" if draining => {
                 self.metrics.request(UNDECODED, Outcome::ShuttingDown, None);
                 response::error_text(&mut out, 503, SHUTTING_DOWN);
@@ -361,6 +364,7 @@ impl Reactor {
                 }
             },
             "/healthz" | "/readyz" | "/metrics" if method != Method::Get => {
+                self.metrics.http_error(405);
                 response::method_not_allowed(&mut out, "GET")
             }
             "/healthz" => response::write(&mut out, 200, &[("Content-Type", TEXT_PLAIN)], b"ok\n"),
@@ -369,7 +373,10 @@ impl Reactor {
                 response::write(&mut out, 200, &[("Content-Type", TEXT_PLAIN)], b"ready\n")
             }
             "/metrics" => self.render_metrics(&mut out),
-            _ => response::not_found(&mut out),
+            _ => {
+                self.metrics.http_error(404);
+                response::not_found(&mut out)
+            }
         }
         self.respond(key, &out);
     }
