@@ -318,8 +318,10 @@ fn work(shared: &Shared) {
     while let Some((id, job)) = next_job(shared) {
         shared.metrics.worker_started();
         let outcome = run_job(shared, &job);
-        job.finish(outcome);
+        // Before the answer goes out, so that a client that has its answer
+        // never sees its worker still counted busy.
         shared.metrics.worker_finished();
+        job.finish(outcome);
 
         let mut state = shared.lock();
         let lane_has_more = match state.lanes.get_mut(&id) {
