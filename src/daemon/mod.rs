@@ -182,7 +182,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .map_err(DaemonError::Install)?;
 
     let metrics = Arc::new(DaemonMetrics::new(config.workers));
-    let server = open_server(&config, &metrics)?;
+    let (server, inherited) = open_server(&config, &metrics)?;
     // Shims read this file before an ADD to learn that a server is up; it
     // stays when the daemon stops, so that a shim can tell a stopped
     // server from one that was never installed.
@@ -208,7 +208,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => None,
     };
 
-    let served = serve(server, &config, metrics);
+    let served = serve(server, inherited, &config, metrics);
 
     if let (true, Some(installed)) = (config.remove_conflist_on_exit, conflist) {
         match install::remove_conflist(&installed) {
@@ -221,8 +221,12 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Binds the socket, or takes the one systemd passed.
-fn open_server(config: &DaemonConfig, metrics: &Arc<DaemonMetrics>) -> Result<Server, DaemonError> {
+/// Binds the socket, or takes the one systemd passed (see
+/// [`Server::from_listener`] for how that changes shutdown); says which.
+fn open_server(
+    config: &DaemonConfig,
+    metrics: &Arc<DaemonMetrics>,
+) -> Result<(Server, bool), DaemonError> {
     let scraped = metrics.clone();
     let server_config = ServerConfig {
         reply_timeout: config.plugin_timeout + REPLY_MARGIN,
@@ -237,16 +241,21 @@ fn open_server(config: &DaemonConfig, metrics: &Arc<DaemonMetrics>) -> Result<Se
     match inherited {
         Some(listener) => {
             log::debug(format_args!("serving the socket systemd passed"));
-            Server::from_listener(listener, config.socket.clone(), server_config)
-                .map_err(|e| DaemonError::Activation(format!("cannot serve it: {e}")))
+            let server = Server::from_listener(listener, config.socket.clone(), server_config)
+                .map_err(|e| DaemonError::Activation(format!("cannot serve it: {e}")))?;
+            Ok((server, true))
         }
-        None => Server::bind_with(&config.socket, server_config).map_err(DaemonError::Listen),
+        None => Server::bind_with(&config.socket, server_config)
+            .map(|server| (server, false))
+            .map_err(DaemonError::Listen),
     }
 }
 
 /// Starts the workers and the signal thread, and serves until stopped.
+/// `inherited` says the socket is one systemd passed.
 fn serve(
     server: Server,
+    inherited: bool,
     config: &DaemonConfig,
     metrics: Arc<DaemonMetrics>,
 ) -> Result<(), DaemonError> {
@@ -266,7 +275,13 @@ fn serve(
     };
     let (queue, workers) =
         WorkQueue::start(settings, metrics).map_err(|e| DaemonError::Start("worker threads", e))?;
-    if let Err(e) = watch_signals(signals, server.shutdown_handle(), queue.clone()) {
+    // With its own socket the daemon is going away for good as far as it
+    // knows, so what has not started is answered at once (code 11: the
+    // runtime retries). With a socket systemd holds, a successor takes
+    // the new connections, and only this daemon can answer those it
+    // accepted: they all run, within the shutdown grace.
+    let refused_at_stop = (!inherited).then(|| queue.clone());
+    if let Err(e) = watch_signals(signals, server.shutdown_handle(), refused_at_stop) {
         workers.stop();
         return Err(DaemonError::Start("the signal thread", e));
     }
@@ -301,18 +316,29 @@ fn log_server_event(event: &ServerEvent<'_>) {
 }
 
 /// Waits for SIGTERM or SIGINT on a thread of its own, then stops the
-/// server and answers the requests that have not started.
-fn watch_signals(signals: SigSet, server: ShutdownHandle, queue: WorkQueue) -> io::Result<()> {
+/// server and, when `queue` is given, answers its requests that have not
+/// started.
+fn watch_signals(
+    signals: SigSet,
+    server: ShutdownHandle,
+    queue: Option<WorkQueue>,
+) -> io::Result<()> {
     std::thread::Builder::new()
         .name("cniserverd-signals".into())
         .spawn(move || {
             if let Ok(signal) = signals.wait() {
+                let what_finishes = match queue {
+                    Some(_) => "running plugins",
+                    None => "accepted requests",
+                };
                 log::info(format_args!(
-                    "received {}: stopping; running plugins may finish",
+                    "received {}: stopping; {what_finishes} may finish",
                     signal.as_str()
                 ));
                 server.shutdown();
-                queue.drain();
+                if let Some(queue) = queue {
+                    queue.drain();
+                }
             }
         })?;
     Ok(())

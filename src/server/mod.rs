@@ -229,7 +229,9 @@ impl Server {
     /// grace period to finish. Then the socket is removed and `serve`
     /// returns. A socket handed in by a service manager stops being
     /// accepted on at once instead, so that new clients wait in its queue
-    /// for the next server.
+    /// for the next server, while requests on the connections already
+    /// accepted are served as usual within the grace period: no other
+    /// server could answer them.
     pub fn serve<H>(self, handler: H) -> io::Result<()>
     where
         H: FnMut(PodRequest, ReplyHandle),

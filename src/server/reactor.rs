@@ -321,6 +321,9 @@ impl Reactor {
     /// Routes a complete request: pod requests to the handler, the rest
     /// answered here.
     fn dispatch<H: FnMut(PodRequest, ReplyHandle)>(&mut self, key: usize, handler: &mut H) {
+        // On a handed-in socket every connection was accepted before the
+        // shutdown, and no other server can answer it: it is served.
+        let refusing = self.draining_until.is_some() && !self.socket_file.is_adopted();
         let draining = self.draining_until.is_some();
         let conn = &mut self.conns[key];
         let Some(request) = conn.reader.request() else {
@@ -334,7 +337,7 @@ impl Reactor {
                 self.metrics.http_error(405);
                 response::method_not_allowed(&mut out, "POST")
             }
-            "/" if draining => {
+            "/" if refusing => {
                 self.metrics.request(UNDECODED, Outcome::ShuttingDown, None);
                 response::error_text(&mut out, 503, SHUTTING_DOWN);
             }
@@ -485,7 +488,8 @@ impl Reactor {
     fn begin_shutdown(&mut self) {
         self.draining_until = Some(Instant::now() + self.config.shutdown_grace);
         // New clients of a handed-in socket wait in its queue for the next
-        // server; on our own socket they are told we are going.
+        // server, and those already accepted are served; on our own socket
+        // they are told we are going.
         if self.socket_file.is_adopted() {
             if let Some(mut listener) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut listener);
@@ -493,9 +497,16 @@ impl Reactor {
         }
     }
 
-    /// Whether nothing the handler holds or the server owes is left.
+    /// Whether nothing the handler holds or the server owes is left. On a
+    /// handed-in socket that includes requests still arriving, until the
+    /// grace period ends.
     fn drained(&self) -> bool {
-        self.conns.iter().all(|(_, c)| c.phase == Phase::Reading)
+        let idle = self.conns.iter().all(|(_, c)| c.phase == Phase::Reading);
+        let grace_over = self
+            .draining_until
+            .is_some_and(|until| Instant::now() >= until);
+        let awaited = self.socket_file.is_adopted() && !grace_over && !self.conns.is_empty();
+        idle && !awaited
     }
 
     fn finish_shutdown(&mut self) {
