@@ -82,7 +82,12 @@ cancels an ADD of the same container that has not started yet.
 SIGTERM or SIGINT stops the daemon: it refuses new requests, lets running
 plugins finish within the shutdown grace, removes its socket and exits 0.
 Under systemd socket activation (LISTEN_PID, LISTEN_FDS) it serves the
-passed socket, which must be bound at --socket, and leaves it in place.
+passed socket, which must be bound at --socket, and leaves it in place; at
+SIGTERM it stops accepting, so that new clients wait for the next daemon,
+and serves every request it already accepted within the shutdown grace.
+
+GET /metrics on the socket shows the server's and the daemon's metrics in
+the Prometheus text format.
 
 cniserverd probe healthz|readyz asks the daemon at --socket over its socket
 and exits 0 if it answers 200 (healthz: it runs; readyz: it takes requests),
