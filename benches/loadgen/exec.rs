@@ -113,12 +113,18 @@ pub fn time(
             let (name, line) = &commands[(round + offset) % commands.len()];
             hyperfine.arg("-n").arg(name).arg(line);
         }
-        let status = with_client_environment(&mut hyperfine, config)
+        // Its warnings (outliers on a busy machine, short commands) would
+        // drown the progress lines: they are shown only if it fails.
+        let output = with_client_environment(&mut hyperfine, config)
             .stdout(Stdio::null())
-            .status()
+            .output()
             .map_err(|e| format!("cannot run hyperfine: {e}"))?;
-        if !status.success() {
-            return Err(format!("hyperfine failed ({status})"));
+        if !output.status.success() {
+            return Err(format!(
+                "hyperfine failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
         }
 
         let table = fs::read_to_string(&csv).map_err(|e| e.to_string())?;
