@@ -196,8 +196,7 @@ impl RequestReader {
         let unscanned = &self.buf[start..end];
         // httparse ends a line at a CRLF or a bare LF, so the blank line
         // that ends a head is an LF followed by either.
-        let found = unscanned.windows(2).any(|w| w == b"\n\n")
-            || unscanned.windows(3).any(|w| w == b"\n\r\n");
+        let found = contains_blank_line(unscanned);
         self.scanned = end;
         found
     }
@@ -221,6 +220,20 @@ impl RequestReader {
     pub fn buffered(&self) -> usize {
         self.buf.capacity() + self.chunked.as_ref().map_or(0, |(_, _, b)| b.capacity())
     }
+}
+
+/// Whether `bytes` hold an LF followed by an LF or a CRLF, in one pass that
+/// stops at the first: the body behind a head is not scanned.
+fn contains_blank_line(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    while let Some(at) = rest.iter().position(|&b| b == b'\n') {
+        rest = &rest[at + 1..];
+        match rest {
+            [b'\n', ..] | [b'\r', b'\n', ..] => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
