@@ -47,7 +47,11 @@ for target in $(cargo fuzz list); do
     if "${command[@]}" >"$scratch/$target.log" 2>&1; then
         grep -E '^#[0-9]+.*DONE' "$scratch/$target.log" | tail -n 1 || true
     else
-        tail -n 60 "$scratch/$target.log"
+        # What went wrong (a panic's message or the sanitizer's report),
+        # then cargo fuzz's summary: the input and how to replay it.
+        grep -E -m 1 -A 4 'panicked at|ERROR: (AddressSanitizer|libFuzzer)' \
+            "$scratch/$target.log" | cut -c 1-2000 || true
+        sed -n '/^Failing input:/,/^Minimize/p' "$scratch/$target.log"
         failed+=("$target")
     fi
 done
