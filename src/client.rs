@@ -24,9 +24,10 @@
 //!
 //! use cniserver::{client, CniRequest};
 //!
-//! let mut request = CniRequest::default();
-//! request.env.insert("CNI_COMMAND".into(), "DEL".into());
-//! request.config = br#"{"cniVersion":"1.1.0","name":"pods"}"#.to_vec();
+//! let request = CniRequest {
+//!     env: [("CNI_COMMAND", "DEL")].into_iter().collect(),
+//!     config: br#"{"cniVersion":"1.1.0","name":"pods"}"#.to_vec(),
+//! };
 //!
 //! let answer = client::send(Path::new(cniserver::DEFAULT_SOCKET_PATH), &request)?;
 //! if answer.status != 200 {
@@ -783,9 +784,10 @@ mod tests {
 
     #[test]
     fn lays_out_the_request_as_the_go_shim_did() {
-        let mut request = CniRequest::default();
-        request.env.insert("CNI_COMMAND".into(), "DEL".into());
-        request.config = b"{}".to_vec();
+        let request = CniRequest {
+            env: [("CNI_COMMAND", "DEL")].into_iter().collect(),
+            config: b"{}".to_vec(),
+        };
         let body = br#"{"env":{"CNI_COMMAND":"DEL"},"config":"e30="}"#;
         let want = format!(
             "POST / HTTP/1.1\r\nHost: dummy\r\nContent-Type: application/json\r\n\

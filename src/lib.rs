@@ -44,7 +44,9 @@ pub mod settings;
 pub mod shim;
 pub mod socket;
 
-pub use cni::{decode_body, CniRequest, Command, DecodeError, PodRequest, DEFAULT_SOCKET_PATH};
+pub use cni::{
+    decode_body, CniRequest, Command, DecodeError, Env, PodRequest, DEFAULT_SOCKET_PATH,
+};
 pub use server::{
     shutdown_on_signals, EventHook, PeerPolicy, PodError, PodResult, ReplyHandle, Server,
     ServerConfig, ServerEvent, ShutdownHandle,

@@ -383,7 +383,7 @@ pub fn decide(
         options,
         settings,
         request: CniRequest {
-            env,
+            env: env.into(),
             config: netconf,
         },
     })

@@ -360,7 +360,7 @@ impl Answer {
 
 fn post(socket: &Path, env: BTreeMap<String, String>, netconf: &Value) -> Answer {
     let body = CniRequest {
-        env,
+        env: env.into(),
         config: serde_json::to_vec(netconf).unwrap(),
     }
     .to_json();

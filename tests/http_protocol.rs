@@ -629,9 +629,9 @@ fn pod_request_carries_what_the_shim_sent() {
         request.env.len(),
         6,
         "the whole env: {:?}",
-        request.env.keys()
+        request.env.names().collect::<Vec<_>>()
     );
-    assert_eq!(request.env.get("OTHER").map(String::as_str), Some("x=y"));
+    assert_eq!(request.env.get("OTHER"), Some("x=y"));
     assert_eq!(request.config, br#"{"cniVersion":"1.0.0"}"#);
 }
 

@@ -98,7 +98,7 @@ fn check_args(args: &str) {
 /// path from a shim's body gives the same answer.
 fn check_env(env: BTreeMap<String, String>) {
     let request = CniRequest {
-        env: env.clone(),
+        env: env.clone().into(),
         config: b"{\"cniVersion\":\"0.4.0\"}".to_vec(),
     };
     let result = PodRequest::from_cni_request(request.clone());

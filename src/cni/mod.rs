@@ -15,6 +15,11 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::base64;
 
+mod env;
+
+pub use env::Env;
+use env::EnvSeed;
+
 /// The socket path the Go server and its plugin agreed on.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/openshift-sdn/cni-server.sock";
 
@@ -91,7 +96,7 @@ impl fmt::Display for Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniRequest {
     /// The shim's whole process environment, `CNI_*` variables included.
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     /// The netconf bytes the runtime wrote to the shim's stdin.
     pub config: Vec<u8>,
 }
@@ -99,7 +104,14 @@ pub struct CniRequest {
 impl CniRequest {
     /// Parses a request body. Errors are serde_json's, which say where.
     pub fn from_json(body: &[u8]) -> Result<CniRequest, serde_json::Error> {
-        serde_json::from_slice(body)
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        // The body's length bounds the environment's text: one allocation.
+        let visitor = RequestVisitor {
+            env_capacity: body.len(),
+        };
+        let request = de::Deserializer::deserialize_map(&mut deserializer, visitor)?;
+        deserializer.end()?;
+        Ok(request)
     }
 
     /// Serializes the request as a shim sends it.
@@ -117,11 +129,13 @@ impl CniRequest {
 
 impl<'de> serde::Deserialize<'de> for CniRequest {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(RequestVisitor)
+        deserializer.deserialize_map(RequestVisitor { env_capacity: 0 })
     }
 }
 
-struct RequestVisitor;
+struct RequestVisitor {
+    env_capacity: usize,
+}
 
 impl<'de> Visitor<'de> for RequestVisitor {
     type Value = CniRequest;
@@ -139,7 +153,10 @@ impl<'de> Visitor<'de> for RequestVisitor {
                     if env.is_some() {
                         return Err(de::Error::duplicate_field("env"));
                     }
-                    env = Some(map.next_value::<Env>()?.0);
+                    let seed = EnvSeed {
+                        capacity: self.env_capacity,
+                    };
+                    env = Some(map.next_value_seed(seed)?);
                 }
                 "config" => {
                     if config.is_some() {
@@ -178,38 +195,6 @@ impl<'de> serde::Deserialize<'de> for KeyName<'de> {
             }
         }
         deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-/// `env`: an object of strings, or null. A variable given twice is refused
-/// rather than resolved, so that no two readers can disagree on its value.
-struct Env(Option<BTreeMap<String, String>>);
-
-impl<'de> serde::Deserialize<'de> for Env {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EnvVisitor;
-        impl<'de> Visitor<'de> for EnvVisitor {
-            type Value = Env;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object of strings")
-            }
-            fn visit_unit<E>(self) -> Result<Env, E> {
-                Ok(Env(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Env, A::Error> {
-                let mut env = BTreeMap::new();
-                while let Some((name, value)) = map.next_entry::<String, String>()? {
-                    if env.contains_key(&name) {
-                        return Err(de::Error::custom(format_args!(
-                            "duplicate env variable {name:?}"
-                        )));
-                    }
-                    env.insert(name, value);
-                }
-                Ok(Env(Some(env)))
-            }
-        }
-        deserializer.deserialize_any(EnvVisitor)
     }
 }
 
@@ -255,7 +240,7 @@ pub struct PodRequest {
     /// `CNI_ARGS`, parsed; a key given twice keeps its last value.
     pub cni_args: BTreeMap<String, String>,
     /// The shim's whole environment. It may hold secrets: never log values.
-    pub env: BTreeMap<String, String>,
+    pub env: Env,
     /// The netconf bytes, as the runtime gave them to the shim.
     pub config: Vec<u8>,
 }
@@ -312,27 +297,20 @@ impl PodRequest {
     /// Checks the environment of a parsed request, in the Go server's order.
     pub fn from_cni_request(request: CniRequest) -> Result<PodRequest, DecodeError> {
         let CniRequest { env, config } = request;
-        let get = |env: &BTreeMap<String, String>, name: &str, missing: DecodeError| {
-            env.get(name).cloned().ok_or(missing)
-        };
+        let get =
+            |name: &str, missing: DecodeError| env.get(name).map(str::to_owned).ok_or(missing);
 
-        let command = Command::parse(&get(&env, "CNI_COMMAND", DecodeError::MissingCommand)?);
+        let command = Command::parse(env.get("CNI_COMMAND").ok_or(DecodeError::MissingCommand)?);
         if command.is_plugin_level() {
             return Ok(PodRequest::plugin_level(command, env, config));
         }
-        let sandbox_id = get(&env, "CNI_CONTAINERID", DecodeError::MissingContainerId)?;
-        let netns = get(&env, "CNI_NETNS", DecodeError::MissingNetns)?;
-        let ifname = env
-            .get("CNI_IFNAME")
-            .cloned()
-            .unwrap_or_else(|| "eth0".to_owned());
+        let sandbox_id = get("CNI_CONTAINERID", DecodeError::MissingContainerId)?;
+        let netns = get("CNI_NETNS", DecodeError::MissingNetns)?;
+        let ifname = env.get("CNI_IFNAME").unwrap_or("eth0").to_owned();
         let cni_args = parse_cni_args(env.get("CNI_ARGS").ok_or(DecodeError::MissingArgs)?)?;
-        let pod_namespace = get(
-            &cni_args,
-            "K8S_POD_NAMESPACE",
-            DecodeError::MissingPodNamespace,
-        )?;
-        let pod_name = get(&cni_args, "K8S_POD_NAME", DecodeError::MissingPodName)?;
+        let arg = |name: &str, missing: DecodeError| cni_args.get(name).cloned().ok_or(missing);
+        let pod_namespace = arg("K8S_POD_NAMESPACE", DecodeError::MissingPodNamespace)?;
+        let pod_name = arg("K8S_POD_NAME", DecodeError::MissingPodName)?;
 
         Ok(PodRequest {
             command,
@@ -351,7 +329,7 @@ impl PodRequest {
 impl PodRequest {
     /// A plugin-level request: only the command, env and config count; the
     /// pod fields are empty.
-    fn plugin_level(command: Command, env: BTreeMap<String, String>, config: Vec<u8>) -> Self {
+    fn plugin_level(command: Command, env: Env, config: Vec<u8>) -> Self {
         PodRequest {
             command,
             pod_namespace: String::new(),
@@ -396,10 +374,7 @@ mod tests {
 
     fn body(env: &[(&str, &str)]) -> Vec<u8> {
         let request = CniRequest {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().copied().collect(),
             config: b"{}".to_vec(),
         };
         request.to_json()
@@ -441,7 +416,7 @@ mod tests {
     #[test]
     fn request_round_trips_through_json() {
         let request = CniRequest {
-            env: [("CNI_COMMAND".to_owned(), "ADD \"quoted\"\n".to_owned())].into(),
+            env: [("CNI_COMMAND", "ADD \"quoted\"\n")].into_iter().collect(),
             config: (0u8..=255).collect(),
         };
         assert_eq!(CniRequest::from_json(&request.to_json()).unwrap(), request);

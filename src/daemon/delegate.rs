@@ -258,7 +258,7 @@ fn plugin_env(
         ("CNI_IFNAME", request.ifname.clone()),
     ];
     if let Some(args) = request.env.get("CNI_ARGS") {
-        env.push(("CNI_ARGS", args.clone()));
+        env.push(("CNI_ARGS", args.to_owned()));
     }
     env.push(("CNI_PATH", plugins.to_string()));
     env.push(("PATH", TOOL_PATH.to_owned()));

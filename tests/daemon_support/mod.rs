@@ -268,7 +268,7 @@ pub fn netconf(delegate: &str) -> Value {
 /// The body of a pod request, as the shim sends it.
 pub fn pod_body(env: BTreeMap<String, String>, netconf: &Value) -> Vec<u8> {
     CniRequest {
-        env,
+        env: env.into(),
         config: serde_json::to_vec(netconf).unwrap(),
     }
     .to_json()
