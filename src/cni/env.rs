@@ -16,7 +16,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 /// Environment variables, names unique, iterated in name order.
 ///
 /// `Debug` shows the names only: values may be secrets.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Env {
     /// Every name and value, back to back.
     text: String,
@@ -77,6 +77,16 @@ impl Env {
         &self.text[range.start as usize..range.end as usize]
     }
 }
+
+/// Two environments are equal when they hold the same variables, however
+/// their text is laid out (that follows the order the names arrived in).
+impl PartialEq for Env {
+    fn eq(&self, other: &Env) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Env {}
 
 impl fmt::Debug for Env {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -270,6 +280,14 @@ mod tests {
             shown.contains("TOKEN") && !shown.contains("s3cret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn fuzz_equal_whatever_order_the_names_came_in() {
+        let body = br#"{"env": {"D": "abc123", "CS": "t"}, "config": null}"#;
+        let parsed = crate::cni::CniRequest::from_json(body).unwrap();
+        let env: Env = [("CS", "t"), ("D", "abc123")].into_iter().collect();
+        assert_eq!(parsed.env, env);
     }
 
     #[test]
