@@ -7,8 +7,11 @@
 
 #![no_main]
 
+use std::collections::BTreeMap;
+
 use cniserver::{base64, decode_body, CniRequest, DecodeError};
 use libfuzzer_sys::fuzz_target;
+use serde::Deserialize;
 
 fuzz_target!(|data: &[u8]| {
     check_base64(data);
@@ -52,6 +55,8 @@ fn check_request(data: &[u8]) {
     );
 
     if let Ok(request) = &parsed {
+        check_against_serde(data, request);
+
         let wire = request.to_json();
         let reparsed = CniRequest::from_json(&wire);
         assert_eq!(
@@ -80,4 +85,29 @@ fn check_request(data: &[u8]) {
         }
         Err(error) => assert!(!error.to_string().is_empty(), "body {data:?}"),
     }
+}
+
+/// The two fields as serde's derived code reads them: unknown keys are
+/// skipped, a name given twice keeps its last value.
+#[derive(Deserialize)]
+struct PlainBody {
+    env: Option<BTreeMap<String, String>>,
+    config: Option<String>,
+}
+
+/// A body that parses holds what serde's derived reading finds in it: the
+/// env's variables, each found by name, and the config's bytes.
+fn check_against_serde(data: &[u8], request: &CniRequest) {
+    let plain: PlainBody = serde_json::from_slice(data).expect("a body that parses is JSON");
+
+    let env = plain.env.unwrap_or_default();
+    assert!(request.env == env, "body {data:?}: env differs");
+    for (name, value) in &env {
+        assert_eq!(request.env.get(name), Some(value.as_str()), "body {data:?}");
+    }
+
+    let config = plain.config.map_or_else(Vec::new, |text| {
+        base64::decode(text.as_bytes()).expect("config is base64")
+    });
+    assert_eq!(request.config, config, "body {data:?}");
 }
