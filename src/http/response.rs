@@ -3,8 +3,6 @@
 //! Every answer closes the connection, so every one says
 //! `Connection: close` and carries a `Content-Length`.
 
-use std::io::Write;
-
 use super::HttpError;
 
 /// The interim answer to `Expect: 100-continue`.
@@ -34,19 +32,39 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// Appends a whole answer to `out`: status line, headers, body.
+///
+/// Plain byte appends rather than `write!`: this runs once per request.
 pub fn write(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-    out.reserve(128 + body.len());
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    out.reserve(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, status.into());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        let _ = write!(out, "{name}: {value}\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(
-        out,
-        "Connection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    out.extend_from_slice(b"Connection: close\r\nContent-Length: ");
+    push_decimal(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// 200 with the handler's JSON (possibly empty).

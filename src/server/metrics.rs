@@ -66,17 +66,31 @@ pub(crate) enum Refusal {
 
 const REFUSALS: [&str; 2] = ["connection_limit", "peer_uid"];
 
-/// Upper bounds of the latency buckets, in seconds: from a fast handler's
-/// answer to kubelet's two-minute CRI timeout.
-const BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+/// Upper bounds of the latency buckets, in microseconds and as their `le`
+/// label in seconds: from a fast handler's answer to kubelet's two-minute
+/// CRI timeout. Integers keep float formatting (and its code) out of the
+/// binary.
+const BUCKETS: [(u64, &str); 13] = [
+    (500, "0.0005"),
+    (1_000, "0.001"),
+    (5_000, "0.005"),
+    (10_000, "0.01"),
+    (50_000, "0.05"),
+    (100_000, "0.1"),
+    (500_000, "0.5"),
+    (1_000_000, "1"),
+    (5_000_000, "5"),
+    (10_000_000, "10"),
+    (30_000_000, "30"),
+    (60_000_000, "60"),
+    (120_000_000, "120"),
 ];
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
     /// Counts per bucket, not cumulative; the last slot is +Inf.
     counts: [u64; BUCKETS.len() + 1],
-    sum: f64,
+    sum_micros: u64,
 }
 
 /// The reactor's counters.
@@ -113,14 +127,14 @@ impl Metrics {
     pub fn request(&mut self, command: usize, outcome: Outcome, took: Option<Duration>) {
         self.requests[command][outcome as usize] += 1;
         if let Some(took) = took {
-            let seconds = took.as_secs_f64();
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             let histogram = &mut self.latency[command];
             let bucket = BUCKETS
                 .iter()
-                .position(|&le| seconds <= le)
+                .position(|&(le, _)| micros <= le)
                 .unwrap_or(BUCKETS.len());
             histogram.counts[bucket] += 1;
-            histogram.sum += seconds;
+            histogram.sum_micros = histogram.sum_micros.saturating_add(micros);
         }
     }
 
@@ -170,7 +184,7 @@ impl Metrics {
                 continue;
             }
             let mut cumulative = 0;
-            for (b, le) in BUCKETS.iter().enumerate() {
+            for (b, (_, le)) in BUCKETS.iter().enumerate() {
                 cumulative += histogram.counts[b];
                 writeln!(
                     out,
@@ -183,8 +197,9 @@ impl Metrics {
             )?;
             writeln!(
                 out,
-                "cniserver_request_duration_seconds_sum{{command=\"{command}\"}} {}",
-                histogram.sum
+                "cniserver_request_duration_seconds_sum{{command=\"{command}\"}} {}.{:06}",
+                histogram.sum_micros / 1_000_000,
+                histogram.sum_micros % 1_000_000
             )?;
             writeln!(
                 out,
