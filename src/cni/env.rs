@@ -21,7 +21,16 @@ pub struct Env {
     /// Every name and value, back to back.
     text: String,
     /// Where each variable's name and value are in `text`, sorted by name.
-    vars: Vec<(Range<u32>, Range<u32>)>,
+    vars: Vec<Var>,
+}
+
+/// One variable: where its name and value are, and the name's first bytes
+/// as an integer, which settles most comparisons without touching `text`.
+#[derive(Debug, Clone)]
+struct Var {
+    prefix: u64,
+    name: Range<u32>,
+    value: Range<u32>,
 }
 
 impl Env {
@@ -32,11 +41,16 @@ impl Env {
 
     /// The value of the variable `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
+        let prefix = sort_prefix(name);
         let index = self
             .vars
-            .binary_search_by(|(n, _)| self.slice(n).cmp(name))
+            .binary_search_by(|var| {
+                var.prefix
+                    .cmp(&prefix)
+                    .then_with(|| self.slice(&var.name).cmp(name))
+            })
             .ok()?;
-        Some(self.slice(&self.vars[index].1))
+        Some(self.slice(&self.vars[index].value))
     }
 
     /// Whether the variable `name` is set.
@@ -48,12 +62,12 @@ impl Env {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.vars
             .iter()
-            .map(|(name, value)| (self.slice(name), self.slice(value)))
+            .map(|var| (self.slice(&var.name), self.slice(&var.value)))
     }
 
     /// The names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.vars.iter().map(|(name, _)| self.slice(name))
+        self.vars.iter().map(|var| self.slice(&var.name))
     }
 
     /// How many variables are set.
@@ -99,9 +113,7 @@ impl From<BTreeMap<String, String>> for Env {
         let mut builder =
             EnvBuilder::with_capacity(map.iter().map(|(n, v)| n.len() + v.len()).sum());
         for (name, value) in &map {
-            let name = builder.append(name);
-            let value = builder.append(value);
-            builder.vars.push((name, value));
+            builder.push(name, value);
         }
         // A map's names are unique and sorted already.
         Env {
@@ -146,7 +158,7 @@ impl Serialize for Env {
 /// straight from the parser into the one buffer.
 pub(crate) struct EnvBuilder {
     text: String,
-    vars: Vec<(Range<u32>, Range<u32>)>,
+    vars: Vec<Var>,
 }
 
 impl EnvBuilder {
@@ -165,21 +177,34 @@ impl EnvBuilder {
         start..self.text.len() as u32
     }
 
+    fn push(&mut self, name: &str, value: &str) {
+        let prefix = sort_prefix(name);
+        let name = self.append(name);
+        let value = self.append(value);
+        self.vars.push(Var {
+            prefix,
+            name,
+            value,
+        });
+    }
+
     /// Sorts by name and refuses a name given twice: two readers must never
     /// disagree on which value counts.
     fn finish<E: de::Error>(mut self) -> Result<Env, E> {
         let text = &self.text;
         let name = |r: &Range<u32>| &text[r.start as usize..r.end as usize];
-        self.vars
-            .sort_unstable_by(|a, b| name(&a.0).cmp(name(&b.0)));
-        if let Some(pair) = self
-            .vars
-            .windows(2)
-            .find(|w| name(&w[0].0) == name(&w[1].0))
-        {
+        // Most names differ in their first eight bytes, so the prefixes
+        // settle most comparisons. The order is still plain byte order.
+        self.vars.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| name(&a.name).cmp(name(&b.name)))
+        });
+        let same = |a: &Var, b: &Var| a.prefix == b.prefix && name(&a.name) == name(&b.name);
+        if let Some(pair) = self.vars.windows(2).find(|w| same(&w[0], &w[1])) {
             return Err(E::custom(format_args!(
                 "duplicate env variable {:?}",
-                name(&pair[0].0)
+                name(&pair[0].name)
             )));
         }
         Ok(Env {
@@ -187,6 +212,19 @@ impl EnvBuilder {
             vars: self.vars,
         })
     }
+}
+
+/// The first eight bytes of `name`, zero-padded, as a big-endian integer:
+/// when two differ, they order as the names do.
+fn sort_prefix(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    if let Some(first) = bytes.first_chunk::<8>() {
+        return u64::from_be_bytes(*first);
+    }
+    bytes
+        .iter()
+        .enumerate()
+        .fold(0, |prefix, (i, &b)| prefix | u64::from(b) << (56 - 8 * i))
 }
 
 /// Reads `env`: an object of strings, or null for none.
@@ -223,7 +261,12 @@ impl<'de> Visitor<'de> for EnvVisitor {
         let mut builder = EnvBuilder::with_capacity(self.capacity);
         while let Some(name) = map.next_key_seed(AppendStr(&mut builder))? {
             let value = map.next_value_seed(AppendStr(&mut builder))?;
-            builder.vars.push((name, value));
+            let prefix = sort_prefix(&builder.text[name.start as usize..name.end as usize]);
+            builder.vars.push(Var {
+                prefix,
+                name,
+                value,
+            });
         }
         builder.finish().map(Some)
     }
@@ -270,6 +313,31 @@ mod tests {
             [("A", "1"), ("B", "2"), ("C", "")]
         );
         assert_eq!(env.len(), 3);
+    }
+
+    #[test]
+    fn parsed_names_sort_in_byte_order_whatever_the_prefixes() {
+        let names = [
+            "CNI_CONTAINERID",
+            "CNI_COMMAND",
+            "A",
+            "A\u{0}",
+            "A\u{1}",
+            "",
+            "CNI_CONTAINERIE",
+            "\u{e9}t\u{e9}",
+        ];
+        let json: serde_json::Map<String, serde_json::Value> =
+            names.iter().map(|n| (n.to_string(), "v".into())).collect();
+        let body = serde_json::json!({ "env": json }).to_string();
+        let env = crate::cni::CniRequest::from_json(body.as_bytes())
+            .unwrap()
+            .env;
+
+        let mut want = names.to_vec();
+        want.sort();
+        assert_eq!(env.names().collect::<Vec<_>>(), want);
+        assert!(names.iter().all(|n| env.get(n) == Some("v")), "{env:?}");
     }
 
     #[test]

@@ -104,14 +104,17 @@ pub struct CniRequest {
 impl CniRequest {
     /// Parses a request body. Errors are serde_json's, which say where.
     pub fn from_json(body: &[u8]) -> Result<CniRequest, serde_json::Error> {
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
         // The body's length bounds the environment's text: one allocation.
         let visitor = RequestVisitor {
             env_capacity: body.len(),
         };
-        let request = de::Deserializer::deserialize_map(&mut deserializer, visitor)?;
-        deserializer.end()?;
-        Ok(request)
+        // Checking UTF-8 once for the whole body is cheaper than serde_json
+        // checking every string; a body that fails it is read by bytes only
+        // so that the error says where.
+        match std::str::from_utf8(body) {
+            Ok(text) => parse_whole(serde_json::Deserializer::from_str(text), visitor),
+            Err(_) => parse_whole(serde_json::Deserializer::from_slice(body), visitor),
+        }
     }
 
     /// Serializes the request as a shim sends it.
@@ -135,6 +138,16 @@ impl<'de> serde::Deserialize<'de> for CniRequest {
 
 struct RequestVisitor {
     env_capacity: usize,
+}
+
+/// Reads one request object and nothing after it.
+fn parse_whole<'de, R: serde_json::de::Read<'de>>(
+    mut deserializer: serde_json::Deserializer<R>,
+    visitor: RequestVisitor,
+) -> Result<CniRequest, serde_json::Error> {
+    let request = de::Deserializer::deserialize_map(&mut deserializer, visitor)?;
+    deserializer.end()?;
+    Ok(request)
 }
 
 impl<'de> Visitor<'de> for RequestVisitor {
