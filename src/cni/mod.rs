@@ -109,12 +109,16 @@ impl CniRequest {
             env_capacity: body.len(),
         };
         // Checking UTF-8 once for the whole body is cheaper than serde_json
-        // checking every string; a body that fails it is read by bytes only
-        // so that the error says where.
-        match std::str::from_utf8(body) {
-            Ok(text) => parse_whole(serde_json::Deserializer::from_str(text), visitor),
-            Err(_) => parse_whole(serde_json::Deserializer::from_slice(body), visitor),
-        }
+        // checking every string, and one reader keeps one copy of the parser
+        // in the binary.
+        let text = std::str::from_utf8(body).map_err(|e| {
+            let at = e.valid_up_to();
+            de::Error::custom(format_args!("invalid UTF-8 in the body at byte {at}"))
+        })?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let request = de::Deserializer::deserialize_map(&mut deserializer, visitor)?;
+        deserializer.end()?;
+        Ok(request)
     }
 
     /// Serializes the request as a shim sends it.
@@ -138,16 +142,6 @@ impl<'de> serde::Deserialize<'de> for CniRequest {
 
 struct RequestVisitor {
     env_capacity: usize,
-}
-
-/// Reads one request object and nothing after it.
-fn parse_whole<'de, R: serde_json::de::Read<'de>>(
-    mut deserializer: serde_json::Deserializer<R>,
-    visitor: RequestVisitor,
-) -> Result<CniRequest, serde_json::Error> {
-    let request = de::Deserializer::deserialize_map(&mut deserializer, visitor)?;
-    deserializer.end()?;
-    Ok(request)
 }
 
 impl<'de> Visitor<'de> for RequestVisitor {
