@@ -7,57 +7,35 @@
 //! append to a log, never from how long something took: a plugin that
 //! must stay running waits for a release file the test creates.
 
+mod daemon_support;
+
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cniserver::CniRequest;
-use nix::fcntl::{FcntlArg, FdFlag};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use daemon_support::{
+    post, post_in_background, socket_activated, wait_for, Answer, Daemon, Fixture, DAEMON, FAILS,
+    GATE, RECORDER,
+};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-/// How long the test waits for anything before it fails. A guard against
-/// hangs, never an assertion about speed.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A value in the request's environment that must reach nothing.
 const SECRET: &str = "hunter2-do-not-leak";
 
 // ---------------------------------------------------------------------------
-// Fake plugins. `@DIR@` becomes the test's folder. With an empty
-// environment dash still finds `sleep`, `cat` and `env` on its default
-// search path.
+// Fake plugins of this file's own. `@DIR@` becomes the test's folder.
 
 /// Prints a result naming its netns; nothing for DEL.
 const ECHO_RESULT: &str = r#"#!/bin/sh
 if [ "$CNI_COMMAND" = ADD ]; then
   printf '{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.99.0.5/24"}],"dns":{},"netns":"%s"}' "$CNI_NETNS"
 fi
-"#;
-
-/// Records its environment and stdin, then prints a result.
-const RECORDER: &str = r#"#!/bin/sh
-env > "@DIR@/recorded.env"
-cat > "@DIR@/recorded.stdin"
-printf '{"cniVersion":"0.4.0","ips":[]}'
-"#;
-
-/// Fails the way a well-behaved plugin does.
-const FAIL_CNI: &str = r#"#!/bin/sh
-printf '{"cniVersion":"0.4.0","code":7,"msg":"bad config from the fake","details":"line 3"}'
-exit 1
 "#;
 
 /// Fails with garbage on stdout and a reason on stderr.
@@ -78,15 +56,6 @@ const HANG: &str = r#"#!/bin/sh
 "@DIR@/marked-sleep" 300
 "#;
 
-/// Logs its start, waits until the test releases its container, logs its
-/// end.
-const GATE: &str = r#"#!/bin/sh
-echo "start $CNI_COMMAND $CNI_CONTAINERID $CNI_ARGS" >> "@DIR@/order.log"
-while [ ! -e "@DIR@/release-$CNI_CONTAINERID" ]; do sleep 0.02; done
-echo "end $CNI_COMMAND $CNI_CONTAINERID $CNI_ARGS" >> "@DIR@/order.log"
-if [ "$CNI_COMMAND" = ADD ]; then printf '{"cniVersion":"0.4.0","ips":[]}'; fi
-"#;
-
 /// Records which descriptors it has open.
 const FDS: &str = r#"#!/bin/sh
 ls -l /proc/$$/fd/ > "@DIR@/fds.txt"
@@ -103,192 +72,23 @@ const PLUGINS: [(&str, &str); 9] = [
     ("flood", FLOOD),
     ("fds", FDS),
     ("recorder", RECORDER),
-    ("fail-cni", FAIL_CNI),
+    ("fail-cni", FAILS),
     ("garbage-fail", GARBAGE_FAIL),
     ("garbage-ok", GARBAGE_OK),
     ("hang", HANG),
     ("gate", GATE),
 ];
 
-// ---------------------------------------------------------------------------
-// The test's folder and daemon
-
-/// A folder of the test's own with the fake plugins in `plugins/`,
-/// removed when dropped.
-struct Fixture {
-    dir: PathBuf,
-}
-
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "cnis-daemon-{}-{}-{tag}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("plugins")).unwrap();
-
-        let text = |script: &str| script.replace("@DIR@", &dir.to_string_lossy());
-        for (name, script) in PLUGINS {
-            let path = dir.join("plugins").join(name);
-            fs::write(&path, text(script)).unwrap();
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        // A sleep whose command line names this folder, so that the test
-        // can find every process a plugin left behind.
-        std::os::unix::fs::symlink("/bin/sleep", dir.join("marked-sleep")).unwrap();
-        Fixture { dir }
+/// A folder of the test's own with every fake plugin above installed.
+fn fixture(tag: &str) -> Fixture {
+    let fixture = Fixture::new(tag);
+    for (name, script) in PLUGINS {
+        fixture.plugin(name, script);
     }
-
-    fn plugins(&self) -> PathBuf {
-        self.dir.join("plugins")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("sock").join("cni.sock")
-    }
-
-    fn release(&self, container: &str) {
-        fs::write(self.dir.join(format!("release-{container}")), b"").unwrap();
-    }
-
-    /// The gate plugin's marker lines: (start|end, command, container, pod).
-    fn order_log(&self) -> Vec<(String, String, String, String)> {
-        let text = fs::read_to_string(self.dir.join("order.log")).unwrap_or_default();
-        text.lines()
-            .map(|line| {
-                let fields: Vec<&str> = line.split(' ').collect();
-                let pod = fields[3]
-                    .split(';')
-                    .find_map(|arg| arg.strip_prefix("K8S_POD_NAME="))
-                    .unwrap_or("")
-                    .to_owned();
-                (fields[0].into(), fields[1].into(), fields[2].into(), pod)
-            })
-            .collect()
-    }
-
-    fn has_marker(&self, event: &str, pod: &str) -> bool {
-        self.order_log()
-            .iter()
-            .any(|(e, _, _, p)| e == event && p == pod)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A running `cniserverd`, killed if the test did not stop it.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Daemon {
-    fn start(fixture: &Fixture, extra: &[&str]) -> Daemon {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cniserverd"));
-        command.args(daemon_args(fixture)).args(extra);
-        Daemon::spawn(command, fixture)
-    }
-
-    /// Runs `command`, which starts the daemon, and waits until it listens.
-    fn spawn(mut command: Command, fixture: &Fixture) -> Daemon {
-        let mut child = command
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cniserverd");
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        let daemon = Daemon {
-            child,
-            socket: fixture.socket(),
-            stderr,
-            reader: Some(reader),
-        };
-        wait_for("the daemon to listen", || {
-            daemon.log().contains("listening on")
-        });
-        daemon
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// Waits for the daemon to exit; its whole stderr comes with it.
-    fn wait(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if let Some(reader) = self.reader.take() {
-            reader.join().unwrap();
-        }
-        (status, self.log())
-    }
-
-    fn stop(self) -> (ExitStatus, String) {
-        self.signal(Signal::SIGTERM);
-        self.wait()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The flags every test daemon gets: the fixture's socket and plugins.
-fn daemon_args(fixture: &Fixture) -> Vec<OsString> {
-    vec![
-        "--socket".into(),
-        fixture.socket().into(),
-        "--cni-path".into(),
-        fixture.plugins().into(),
-    ]
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // A sleep whose command line names this folder, so that the test can
+    // find every process a plugin left behind.
+    std::os::unix::fs::symlink("/bin/sleep", fixture.dir.join("marked-sleep")).unwrap();
+    fixture
 }
 
 // ---------------------------------------------------------------------------
@@ -297,100 +97,18 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// A pod request's environment, with unrelated variables a shim would
 /// also forward, one of them secret.
 fn pod_env(command: &str, container: &str, pod: &str) -> BTreeMap<String, String> {
-    let vars = [
-        ("CNI_COMMAND", command.to_owned()),
-        ("CNI_CONTAINERID", container.to_owned()),
-        ("CNI_NETNS", format!("/var/run/netns/fake-{container}")),
-        ("CNI_IFNAME", "eth0".to_owned()),
-        (
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=testns;K8S_POD_NAME={pod}"),
-        ),
-        ("CNI_PATH", "/request/path/never/used".to_owned()),
-        ("PATH", "/request/bin".to_owned()),
-        ("HOME", "/root".to_owned()),
-        ("API_TOKEN", SECRET.to_owned()),
-    ];
-    vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    let mut env = daemon_support::pod_env(command, container, pod, SECRET);
+    env.insert("HOME".to_owned(), "/root".to_owned());
+    env
 }
 
+/// A netconf for `delegate` with keys the daemon passes on untouched, one
+/// of them secret.
 fn netconf(delegate: &str) -> Value {
-    json!({
-        "cniVersion": "0.4.0",
-        "name": "daemon-test",
-        "type": "cniserver-shim",
-        "delegateType": delegate,
-        "socket": "/somewhere/cni.sock",
-        "custom": {"nested": [1, 2, 3], "token": SECRET},
-    })
-}
-
-/// The daemon's answer: status and body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("answer body is not JSON ({e}): {self:?}"))
-    }
-
-    fn code(&self) -> u64 {
-        self.json()["code"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("answer has no code: {self:?}"))
-    }
-
-    fn msg(&self) -> String {
-        self.json()["msg"].as_str().unwrap_or("").to_owned()
-    }
-
-    fn assert_error(&self, code: u64, msg_has: &str) {
-        assert_ne!(self.status, 200, "expected an error: {self:?}");
-        assert_eq!(self.code(), code, "wrong code: {self:?}");
-        assert!(
-            self.msg().contains(msg_has),
-            "msg lacks {msg_has:?}: {self:?}"
-        );
-    }
-}
-
-fn post(socket: &Path, env: BTreeMap<String, String>, netconf: &Value) -> Answer {
-    let body = CniRequest {
-        env: env.into(),
-        config: serde_json::to_vec(netconf).unwrap(),
-    }
-    .to_json();
-    let mut stream = UnixStream::connect(socket).expect("connect to the daemon");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let head = format!(
-        "POST / HTTP/1.1\r\nHost: dummy\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&body).unwrap();
-
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the answer");
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Answer {
-        status,
-        body: body.to_owned(),
-    }
-}
-
-fn post_in_background(
-    socket: &Path,
-    env: BTreeMap<String, String>,
-    netconf: Value,
-) -> JoinHandle<Answer> {
-    let socket = socket.to_owned();
-    std::thread::spawn(move || post(&socket, env, &netconf))
+    let mut config = daemon_support::netconf(delegate);
+    config["socket"] = json!("/somewhere/cni.sock");
+    config["custom"] = json!({"nested": [1, 2, 3], "token": SECRET});
+    config
 }
 
 // ---------------------------------------------------------------------------
@@ -398,11 +116,12 @@ fn post_in_background(
 
 #[test]
 fn plugin_gets_only_the_cni_variables_a_fixed_path_and_its_own_type() {
-    let fixture = Fixture::new("env");
+    let fixture = fixture("env");
     let daemon = Daemon::start(&fixture, &[]);
+    let socket = fixture.socket();
 
     let answer = post(
-        &daemon.socket,
+        &socket,
         pod_env("ADD", "c-env", "recorded"),
         &netconf("recorder"),
     );
@@ -410,7 +129,7 @@ fn plugin_gets_only_the_cni_variables_a_fixed_path_and_its_own_type() {
     assert_eq!(answer.body, r#"{"cniVersion":"0.4.0","ips":[]}"#);
 
     // dash adds PWD to any environment; everything else came from the daemon.
-    let recorded = fs::read_to_string(fixture.dir.join("recorded.env")).unwrap();
+    let recorded = fixture.recorded_env("c-env");
     let env: BTreeMap<&str, &str> = recorded
         .lines()
         .filter_map(|line| line.split_once('='))
@@ -435,8 +154,7 @@ fn plugin_gets_only_the_cni_variables_a_fixed_path_and_its_own_type() {
     ]);
     assert_eq!(env, want, "the plugin's environment:\n{recorded}");
 
-    let stdin: Value =
-        serde_json::from_slice(&fs::read(fixture.dir.join("recorded.stdin")).unwrap()).unwrap();
+    let stdin = fixture.recorded_stdin("c-env");
     let mut expected = netconf("recorder");
     expected["type"] = json!("recorder");
     assert_eq!(stdin, expected, "the plugin's stdin");
@@ -458,8 +176,9 @@ fn plugin_gets_only_the_cni_variables_a_fixed_path_and_its_own_type() {
 
 #[test]
 fn answers_pass_plugin_output_through_or_describe_the_failure() {
-    let fixture = Fixture::new("answers");
+    let fixture = fixture("answers");
     let daemon = Daemon::start(&fixture, &[]);
+    let socket = fixture.socket();
     let plugins = fixture.plugins().to_string_lossy().into_owned();
 
     /// What the client gets: a status and this exact body, or a 400 with
@@ -521,7 +240,7 @@ fn answers_pass_plugin_output_through_or_describe_the_failure() {
 
     for (name, command, delegate, want) in cases {
         let answer = post(
-            &daemon.socket,
+            &socket,
             pod_env(command, "c-answers", name),
             &netconf(delegate),
         );
@@ -540,7 +259,7 @@ fn answers_pass_plugin_output_through_or_describe_the_failure() {
     }
 
     let garbage = post(
-        &daemon.socket,
+        &socket,
         pod_env("ADD", "c-answers", "details"),
         &netconf("garbage-fail"),
     );
@@ -550,7 +269,7 @@ fn answers_pass_plugin_output_through_or_describe_the_failure() {
         "stderr becomes the details"
     );
     let missing = post(
-        &daemon.socket,
+        &socket,
         pod_env("ADD", "c-answers", "folders"),
         &netconf("no-such-plugin"),
     );
@@ -560,8 +279,9 @@ fn answers_pass_plugin_output_through_or_describe_the_failure() {
 
 #[test]
 fn delegate_type_must_be_a_plain_name_and_nothing_runs_otherwise() {
-    let fixture = Fixture::new("names");
+    let fixture = fixture("names");
     let daemon = Daemon::start(&fixture, &[]);
+    let socket = fixture.socket();
     let escape = format!(
         "../{}/plugins/recorder",
         fixture.dir.file_name().unwrap().to_string_lossy()
@@ -579,7 +299,7 @@ fn delegate_type_must_be_a_plain_name_and_nothing_runs_otherwise() {
     for (name, delegate) in cases {
         let mut config = netconf("recorder");
         config["delegateType"] = delegate;
-        let answer = post(&daemon.socket, pod_env("ADD", "c-names", name), &config);
+        let answer = post(&socket, pod_env("ADD", "c-names", name), &config);
         answer.assert_error(7, "delegateType");
         assert!(
             !answer.body.contains("recorder"),
@@ -589,11 +309,10 @@ fn delegate_type_must_be_a_plain_name_and_nothing_runs_otherwise() {
 
     let mut missing = netconf("recorder");
     missing.as_object_mut().unwrap().remove("delegateType");
-    post(&daemon.socket, pod_env("ADD", "c-names", "none"), &missing)
-        .assert_error(7, "no delegateType");
+    post(&socket, pod_env("ADD", "c-names", "none"), &missing).assert_error(7, "no delegateType");
 
     assert!(
-        !fixture.dir.join("recorded.env").exists(),
+        !fixture.dir.join("env-c-names").exists(),
         "a refused delegateType ran the plugin"
     );
     daemon.stop();
@@ -622,8 +341,9 @@ fn processes_with(marker: &str) -> Vec<String> {
 
 #[test]
 fn plugin_past_its_deadline_is_killed_with_its_process_group() {
-    let fixture = Fixture::new("timeout");
+    let fixture = fixture("timeout");
     let daemon = Daemon::start(&fixture, &["--plugin-timeout", "1"]);
+    let socket = fixture.socket();
     let sleep_marker = fixture
         .dir
         .join("marked-sleep")
@@ -636,7 +356,7 @@ fn plugin_past_its_deadline_is_killed_with_its_process_group() {
         .into_owned();
 
     let pending = post_in_background(
-        &daemon.socket,
+        &socket,
         pod_env("ADD", "c-timeout", "hang"),
         netconf("hang"),
     );
@@ -675,9 +395,9 @@ fn plugin_past_its_deadline_is_killed_with_its_process_group() {
 
 #[test]
 fn one_container_runs_serially_in_arrival_order_others_in_parallel() {
-    let fixture = Fixture::new("order");
+    let fixture = fixture("order");
     let daemon = Daemon::start(&fixture, &["--workers", "4"]);
-    let socket = &daemon.socket;
+    let socket = &fixture.socket();
 
     let first = post_in_background(socket, pod_env("ADD", "c-serial", "a1"), netconf("gate"));
     wait_for("a1 to start", || fixture.has_marker("start", "a1"));
@@ -694,7 +414,7 @@ fn one_container_runs_serially_in_arrival_order_others_in_parallel() {
     assert!(
         !fixture.has_marker("start", "a2") && !fixture.has_marker("start", "a3"),
         "a second request for c-serial started while the first ran: {:#?}",
-        fixture.order_log()
+        fixture.gate_log()
     );
 
     fixture.release("c-other");
@@ -705,7 +425,7 @@ fn one_container_runs_serially_in_arrival_order_others_in_parallel() {
     }
 
     let serial: Vec<(String, String)> = fixture
-        .order_log()
+        .gate_log()
         .into_iter()
         .filter(|(_, _, container, _)| container == "c-serial")
         .map(|(event, _, _, pod)| (event, pod))
@@ -727,9 +447,9 @@ fn one_container_runs_serially_in_arrival_order_others_in_parallel() {
 
 #[test]
 fn del_cancels_a_queued_add_of_the_same_container() {
-    let fixture = Fixture::new("cancel");
+    let fixture = fixture("cancel");
     let daemon = Daemon::start(&fixture, &["--workers", "4"]);
-    let socket = &daemon.socket;
+    let socket = &fixture.socket();
 
     let running = post_in_background(socket, pod_env("ADD", "c-cancel", "x1"), netconf("gate"));
     wait_for("x1 to start", || fixture.has_marker("start", "x1"));
@@ -751,7 +471,7 @@ fn del_cancels_a_queued_add_of_the_same_container() {
     assert_eq!(del.join().unwrap().status, 200);
 
     let runs: Vec<(String, String, String)> = fixture
-        .order_log()
+        .gate_log()
         .into_iter()
         .map(|(event, command, _, pod)| (event, command, pod))
         .collect();
@@ -770,9 +490,9 @@ fn del_cancels_a_queued_add_of_the_same_container() {
 
 #[test]
 fn full_queue_answers_try_again_later_at_once() {
-    let fixture = Fixture::new("full");
+    let fixture = fixture("full");
     let daemon = Daemon::start(&fixture, &["--workers", "1", "--max-queue", "2"]);
-    let socket = &daemon.socket;
+    let socket = &fixture.socket();
 
     let running = post_in_background(socket, pod_env("ADD", "k1", "q1"), netconf("gate"));
     wait_for("q1 to start", || fixture.has_marker("start", "q1"));
@@ -811,9 +531,9 @@ fn full_queue_answers_try_again_later_at_once() {
 
 #[test]
 fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
-    let fixture = Fixture::new("sigterm");
+    let fixture = fixture("sigterm");
     let daemon = Daemon::start(&fixture, &["--workers", "1"]);
-    let socket = daemon.socket.clone();
+    let socket = fixture.socket();
 
     let running = post_in_background(&socket, pod_env("ADD", "s1", "in-flight"), netconf("gate"));
     wait_for("the plugin to start", || {
@@ -875,7 +595,7 @@ fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
 
 /// Runs `cniserverd probe ENDPOINT`; returns its exit status.
 fn probe(socket: &Path, endpoint: &str) -> i32 {
-    let output = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
+    let output = Command::new(DAEMON)
         .args(["probe", endpoint, "--socket"])
         .arg(socket)
         .output()
@@ -885,47 +605,25 @@ fn probe(socket: &Path, endpoint: &str) -> i32 {
 
 #[test]
 fn systemd_socket_activation_serves_the_passed_socket() {
-    let fixture = Fixture::new("activation");
+    let fixture = fixture("activation");
     let socket = fixture.socket();
     fs::create_dir_all(socket.parent().unwrap()).unwrap();
     fs::set_permissions(socket.parent().unwrap(), fs::Permissions::from_mode(0o700)).unwrap();
 
     // What systemd does: bind, then start the service with the socket as
-    // fd 3, LISTEN_FDS=1 and LISTEN_PID naming the service's own PID,
-    // which a shell knows as $$ and keeps across exec.
+    // fd 3 (see `socket_activated`).
     let listener = UnixListener::bind(&socket).unwrap();
-    let activated = |args: Vec<OsString>| {
-        let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
-            .arg(env!("CARGO_BIN_EXE_cniserverd"))
-            .args(args);
-        let fd = listener.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe calls (dup2, fcntl).
-        unsafe {
-            command.pre_exec(move || {
-                if fd == 3 {
-                    nix::fcntl::fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
-                } else {
-                    nix::unistd::dup2(fd, 3)?;
-                }
-                Ok(())
-            });
-        }
-        command
-    };
 
     // A passed socket bound elsewhere than --socket is refused.
-    let mut elsewhere = daemon_args(&fixture);
+    let mut elsewhere = fixture.daemon_args();
     elsewhere[1] = fixture.dir.join("other.sock").into();
-    let refused = activated(elsewhere).output().unwrap();
+    let refused = socket_activated(&listener, &elsewhere).output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ListenStream="), "{stderr}");
 
-    let daemon = Daemon::spawn(activated(daemon_args(&fixture)), &fixture);
+    let daemon = Daemon::spawn(socket_activated(&listener, &fixture.daemon_args()));
+    daemon.wait_until_listening(&fixture);
     drop(listener);
 
     let answer = post(&socket, pod_env("ADD", "c-fds", "fds"), &netconf("fds"));
@@ -944,7 +642,7 @@ fn systemd_socket_activation_serves_the_passed_socket() {
 
 #[test]
 fn installs_the_shim_and_the_network_config() {
-    let fixture = Fixture::new("install");
+    let fixture = fixture("install");
     let conflist = fixture.dir.join("10-test.conflist");
     let config = br#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"cniserver-shim"}]}"#;
     fs::write(&conflist, config).unwrap();
@@ -984,8 +682,8 @@ fn installs_the_shim_and_the_network_config() {
 
     // A broken config stops the daemon before it binds anything.
     fs::write(&conflist, b"{not json").unwrap();
-    let broken = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
-        .args(daemon_args(&fixture))
+    let broken = Command::new(DAEMON)
+        .args(fixture.daemon_args())
         .arg("--conflist")
         .arg(&conflist)
         .output()
@@ -1008,19 +706,13 @@ fn command_line_errors_exit_2_naming_the_flag() {
         (&["--frobnicate"], "--frobnicate"),
     ];
     for (args, flag) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
-            .args(args)
-            .output()
-            .unwrap();
+        let output = Command::new(DAEMON).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "args {args:?}: {stderr}");
         assert!(stderr.contains(flag), "args {args:?}: {stderr}");
     }
 
-    let help = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let help = Command::new(DAEMON).arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
     for flag in [
@@ -1033,9 +725,6 @@ fn command_line_errors_exit_2_naming_the_flag() {
         assert!(text.contains(flag), "help lacks {flag}:\n{text}");
     }
 
-    let version = Command::new(env!("CARGO_BIN_EXE_cniserverd"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let version = Command::new(DAEMON).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("cniserverd "));
 }

@@ -9,16 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use daemon_support::{get, netconf, pod_env, post, Daemon, Fixture, PATIENCE};
+use daemon_support::{
+    get, netconf, pod_env, post, Daemon, Fixture, DAEMON, NO_SECRET, PATIENCE, RECORDER,
+};
 use serde_json::{json, Value};
-
-/// Records its stdin, then prints a result.
-const RECORDER: &str = r#"#!/bin/sh
-cat > "@DIR@/stdin-$CNI_CONTAINERID.json"
-printf '{"cniVersion":"0.4.0","ips":[]}'
-"#;
-
-const NO_SECRET: &str = "-";
 
 #[test]
 fn settings_appear_only_once_the_socket_takes_connections() {
@@ -85,10 +79,6 @@ fn the_mtu_reaches_plugins_whose_netconf_has_none() {
     fixture.plugin("recorder", RECORDER);
     let daemon = Daemon::start(&fixture, &["--mtu=9000"]);
     let socket = fixture.socket();
-    let stdin_of = |container: &str| -> Value {
-        let path = fixture.dir.join(format!("stdin-{container}.json"));
-        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
-    };
 
     // (container, the netconf's own mtu, the mtu the plugin must see)
     let cases = [
@@ -109,7 +99,7 @@ fn the_mtu_reaches_plugins_whose_netconf_has_none() {
         expected["type"] = json!("recorder");
         expected["mtu"] = want;
         assert_eq!(
-            stdin_of(container),
+            fixture.recorded_stdin(container),
             expected,
             "{container}: the plugin's stdin"
         );
@@ -136,8 +126,7 @@ fn without_mtu_neither_the_settings_nor_the_netconf_get_one() {
         &netconf("recorder"),
     );
     assert_eq!(answer.status, 200, "{answer:?}");
-    let stdin: Value =
-        serde_json::from_slice(&fs::read(fixture.dir.join("stdin-plain.json")).unwrap()).unwrap();
+    let stdin = fixture.recorded_stdin("plain");
     assert_eq!(stdin.get("mtu"), None, "the plugin's stdin: {stdin}");
 
     let (status, log) = daemon.stop();
@@ -147,7 +136,7 @@ fn without_mtu_neither_the_settings_nor_the_netconf_get_one() {
 #[test]
 fn mtu_out_of_range_is_a_usage_error() {
     for value in ["0", "67", "65536", "-1", "1500.5", ""] {
-        let output = std::process::Command::new(daemon_support::DAEMON)
+        let output = std::process::Command::new(DAEMON)
             .arg(format!("--mtu={value}"))
             .output()
             .unwrap();

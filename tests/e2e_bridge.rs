@@ -13,25 +13,20 @@
 //! IPAM data. Dropping the lab deletes all of it, also when a test fails.
 //! No traffic is sent.
 
+mod daemon_support;
+
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use daemon_support::{Daemon, DAEMON};
 use serde_json::{json, Value};
 
 /// Where the plugins may be installed: Debian's package, then upstream's.
 const PLUGIN_FOLDERS: [&str; 2] = ["/usr/lib/cni", "/opt/cni/bin"];
-
-/// How long the test waits for anything before it fails. A guard against
-/// hangs, never an assertion about speed.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Fails the test unless it can run for real.
 fn require_environment() {
@@ -86,8 +81,7 @@ struct Lab {
     subnet_prefix: String,
     dir: PathBuf,
     pods: Vec<String>,
-    daemon: Option<Child>,
-    daemon_log: Arc<Mutex<String>>,
+    daemon: Option<Daemon>,
 }
 
 impl Lab {
@@ -106,7 +100,6 @@ impl Lab {
             name,
             pods: Vec::new(),
             daemon: None,
-            daemon_log: Arc::new(Mutex::new(String::new())),
         };
         let _ = fs::remove_dir_all(&lab.dir);
         fs::create_dir_all(lab.ipam_dir()).unwrap();
@@ -132,68 +125,31 @@ impl Lab {
     /// Starts the daemon inside the lab's host namespace, on its default
     /// plugin path, which covers both install locations.
     fn start_daemon(&mut self) {
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.host_ns])
-            .arg(env!("CARGO_BIN_EXE_cniserverd"))
+            .arg(DAEMON)
             .arg("--socket")
             .arg(self.socket())
             .args(["--log-level", "debug"])
             .env_remove("CNI_PATH")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cniserverd");
-        let pipe = child.stderr.take().unwrap();
-        let sink = self.daemon_log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        self.daemon = Some(child);
-        self.wait_for("the daemon to listen", || {
-            self.daemon_log().contains("listening on")
-        });
+            .env_remove("RUST_LOG");
+        let daemon = Daemon::spawn(command);
+        daemon.wait_for_log("listening on");
+        self.daemon = Some(daemon);
     }
 
     /// Stops the daemon with SIGTERM and checks that it exits cleanly.
     fn stop_daemon(&mut self) {
-        let mut child = self.daemon.take().expect("a running daemon");
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "daemon exit {status}\n{}",
-            self.daemon_log()
-        );
+        let daemon = self.daemon.take().expect("a running daemon");
+        let (status, log) = daemon.stop();
+        assert!(status.success(), "daemon exit {status}\n{log}");
         assert!(!self.socket().exists(), "the daemon left its socket");
     }
 
+    /// The daemon's stderr so far.
     fn daemon_log(&self) -> String {
-        self.daemon_log.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                self.daemon_log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
     /// Makes a pod network namespace; returns its name.
@@ -229,10 +185,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // The daemon goes first: it runs in the host namespace removed below.
+        drop(self.daemon.take());
         // A pod namespace takes its end of the veth with it, and the host
         // namespace the bridge and the other ends.
         for pod in self.pods.iter().chain([&self.host_ns]) {

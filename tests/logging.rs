@@ -9,26 +9,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
-use daemon_support::{netconf, pod_body, pod_env, post, post_request, wait_for, Daemon, Fixture};
+use daemon_support::{
+    netconf, pod_body, pod_env, post, post_request, wait_for, Daemon, Fixture, FAILS, GATE, OK,
+};
 use serde_json::json;
-
-/// Prints a result for ADD, nothing for the other commands.
-const OK: &str = r#"#!/bin/sh
-if [ "$CNI_COMMAND" = ADD ]; then printf '{"cniVersion":"0.4.0","ips":[]}'; fi
-"#;
-
-/// Fails the way a well-behaved plugin does.
-const FAILS: &str = r#"#!/bin/sh
-printf '{"cniVersion":"0.4.0","code":7,"msg":"the fake says no"}'
-exit 1
-"#;
-
-/// Logs its start, then waits until the test releases its container.
-const GATE: &str = r#"#!/bin/sh
-echo "start $CNI_CONTAINERID" >> "@DIR@/gate.log"
-while [ ! -e "@DIR@/release-$CNI_CONTAINERID" ]; do sleep 0.02; done
-printf '{"cniVersion":"0.4.0","ips":[]}'
-"#;
 
 /// A value in the request's environment that must reach no log line.
 const ENV_SECRET: &str = "env-secret-7f3a";
@@ -43,6 +27,18 @@ fn fixture(tag: &str) -> Fixture {
         .plugin("fails", FAILS)
         .plugin("gate", GATE);
     fixture
+}
+
+/// Starts the daemon with `flags` and, when given, this `RUST_LOG`, and
+/// waits until it listens.
+fn start_daemon(fixture: &Fixture, flags: &[&str], rust_log: Option<&str>) -> Daemon {
+    let mut command = Daemon::command(fixture, flags);
+    if let Some(value) = rust_log {
+        command.env("RUST_LOG", value);
+    }
+    let daemon = Daemon::spawn(command);
+    daemon.wait_until_listening(fixture);
+    daemon
 }
 
 /// A netconf for `delegate` that carries a secret of its own.
@@ -76,12 +72,7 @@ fn each_request_has_one_info_line_with_its_facts_and_no_secrets() {
     ];
     for (name, flags, rust_log) in cases {
         let fixture = fixture("log-lines");
-        let mut command = Daemon::command(&fixture, flags);
-        if let Some(value) = rust_log {
-            command.env("RUST_LOG", value);
-        }
-        let daemon = Daemon::spawn(command);
-        daemon.wait_until_listening(&fixture);
+        let daemon = start_daemon(&fixture, flags, rust_log);
         let socket = fixture.socket();
 
         let sent = [
@@ -144,12 +135,7 @@ fn warn_level_from_the_flag_or_rust_log_silences_request_lines() {
     ];
     for (name, flags, rust_log) in cases {
         let fixture = fixture("log-quiet");
-        let mut command = Daemon::command(&fixture, flags);
-        if let Some(value) = rust_log {
-            command.env("RUST_LOG", value);
-        }
-        let daemon = Daemon::spawn(command);
-        daemon.wait_until_listening(&fixture);
+        let daemon = start_daemon(&fixture, flags, rust_log);
 
         let env = pod_env("ADD", "c-quiet", "pod", ENV_SECRET);
         let answer = post(&fixture.socket(), env, &secret_netconf("ok"));
@@ -168,23 +154,17 @@ fn warn_level_from_the_flag_or_rust_log_silences_request_lines() {
 fn a_client_that_leaves_before_its_answer_is_logged() {
     let fixture = fixture("log-gone");
     let daemon = Daemon::start(&fixture, &[]);
-    let started = |container: &str| {
-        let log = std::fs::read_to_string(fixture.dir.join("gate.log")).unwrap_or_default();
-        log.lines().any(|line| line == format!("start {container}"))
-    };
 
     // The client sends its ADD and hangs up while the plugin runs.
     let env = pod_env("ADD", "c-gone", "pod-gone", ENV_SECRET);
     let request = post_request(&pod_body(env, &secret_netconf("gate")));
     let mut client = UnixStream::connect(fixture.socket()).unwrap();
     client.write_all(&request).unwrap();
-    wait_for("the plugin to start", || started("c-gone"));
+    wait_for("the plugin to start", || fixture.gate_started("c-gone"));
     drop(client);
 
-    wait_for("the daemon to log the client's leaving", || {
-        daemon.log().contains("client left before its answer")
-    });
-    std::fs::write(fixture.dir.join("release-c-gone"), b"").unwrap();
+    daemon.wait_for_log("client left before its answer");
+    fixture.release("c-gone");
     wait_for("the request's line", || {
         !request_lines(&daemon.log()).is_empty()
     });

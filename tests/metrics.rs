@@ -16,29 +16,9 @@ use std::process::{Command, Stdio};
 
 use daemon_support::{
     exchange, get, netconf, pod_env, post, post_in_background, post_request, wait_for, Daemon,
-    Fixture,
+    Fixture, FAILS, GATE, NO_SECRET, OK,
 };
 use serde_json::Value;
-
-/// Prints a result for ADD, nothing for the other commands.
-const OK: &str = r#"#!/bin/sh
-if [ "$CNI_COMMAND" = ADD ]; then printf '{"cniVersion":"0.4.0","ips":[]}'; fi
-"#;
-
-/// Fails the way a well-behaved plugin does.
-const FAILS: &str = r#"#!/bin/sh
-printf '{"cniVersion":"0.4.0","code":7,"msg":"the fake says no"}'
-exit 1
-"#;
-
-/// Logs its start, then waits until the test releases its container.
-const GATE: &str = r#"#!/bin/sh
-echo "start $CNI_COMMAND $CNI_CONTAINERID" >> "@DIR@/gate.log"
-while [ ! -e "@DIR@/release-$CNI_CONTAINERID" ]; do sleep 0.02; done
-if [ "$CNI_COMMAND" = ADD ]; then printf '{"cniVersion":"0.4.0","ips":[]}'; fi
-"#;
-
-const NO_SECRET: &str = "-";
 
 // ---------------------------------------------------------------------------
 // The parser
@@ -303,18 +283,11 @@ fn queue_gauges_cancellations_and_a_full_queue_are_counted() {
     fixture.plugin("gate", GATE);
     let daemon = Daemon::start(&fixture, &["--workers", "1", "--max-queue", "1"]);
     let socket = fixture.socket();
-    let started = |container: &str| {
-        let log = std::fs::read_to_string(fixture.dir.join("gate.log")).unwrap_or_default();
-        log.lines().any(|line| line.ends_with(container))
-    };
-    let release = |container: &str| {
-        std::fs::write(fixture.dir.join(format!("release-{container}")), b"").unwrap();
-    };
     let gate = || netconf("gate");
 
     // The one worker runs q1's ADD; q2's ADD waits behind it.
     let running = post_in_background(&socket, pod_env("ADD", "q1", "p", NO_SECRET), gate());
-    wait_for("q1 to start", || started("q1"));
+    wait_for("q1 to start", || fixture.gate_started("q1"));
     let queued = post_in_background(&socket, pod_env("ADD", "q2", "p", NO_SECRET), gate());
     wait_for("q2 to wait in the queue", || {
         scrape(&socket).value("cniserverd_requests_queued") == 1.0
@@ -337,8 +310,8 @@ fn queue_gauges_cancellations_and_a_full_queue_are_counted() {
     let cancelled = queued.join().unwrap();
     assert_eq!(cancelled.json()["code"], 11, "{cancelled:?}");
 
-    release("q1");
-    release("q2");
+    fixture.release("q1");
+    fixture.release("q2");
     assert_eq!(running.join().unwrap().status, 200);
     assert_eq!(del.join().unwrap().status, 200);
 

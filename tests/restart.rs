@@ -17,22 +17,19 @@ mod daemon_support;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use daemon_support::{
-    get, netconf, pod_body, pod_env, post, post_in_background, post_request, try_exchange,
-    wait_for, Answer, Daemon, ExchangeError, Fixture, DAEMON, PATIENCE,
+    get, netconf, pod_body, pod_env, post, post_in_background, post_request, read_answer,
+    socket_activated, try_exchange, wait_for, Answer, Daemon, ExchangeError, Fixture, NO_SECRET,
+    PATIENCE,
 };
-use nix::fcntl::{FcntlArg, FdFlag};
 use nix::sys::signal::Signal;
 
 /// Answers at once, naming the daemon that ran it: its parent.
@@ -42,10 +39,10 @@ if [ "$CNI_COMMAND" = ADD ]; then
 fi
 "#;
 
-/// Logs its start, waits until the test releases its container, then
-/// answers like [`WHO`].
+/// Logs its start as `daemon_support::GATE` does, waits until the test
+/// releases its container, then answers like [`WHO`].
 const GATE: &str = r#"#!/bin/sh
-echo "start $CNI_CONTAINERID" >> "@DIR@/gate.log"
+echo "start $CNI_COMMAND $CNI_CONTAINERID $CNI_ARGS" >> "@DIR@/gate.log"
 while [ ! -e "@DIR@/release-$CNI_CONTAINERID" ]; do sleep 0.02; done
 if [ "$CNI_COMMAND" = ADD ]; then
   printf '{"cniVersion":"0.4.0","ips":[],"dns":{"domain":"daemon-%s"}}' "$PPID"
@@ -67,8 +64,6 @@ const SENT_BETWEEN_DAEMONS: usize = 5;
 /// test's load, reached only if the test is failing anyway.
 const MAX_REQUESTS: usize = 3_000;
 
-const NO_SECRET: &str = "-";
-
 // ---------------------------------------------------------------------------
 // The launcher
 
@@ -89,32 +84,9 @@ impl Launcher {
         Launcher { listener }
     }
 
-    /// Starts `cniserverd` with the socket as fd 3, `LISTEN_FDS=1` and
-    /// `LISTEN_PID` naming the daemon itself. Only the new process knows
-    /// its PID, so a shell sets it from `$$` and then execs the daemon,
-    /// which keeps that PID.
-    fn start(&self, args: Vec<OsString>) -> Daemon {
-        let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
-            .arg(DAEMON)
-            .args(args)
-            .env_remove("RUST_LOG");
-        let fd = self.listener.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe calls (dup2, fcntl).
-        unsafe {
-            command.pre_exec(move || {
-                if fd == 3 {
-                    nix::fcntl::fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
-                } else {
-                    nix::unistd::dup2(fd, 3)?;
-                }
-                Ok(())
-            });
-        }
-        Daemon::spawn(command)
+    /// Starts `cniserverd` on the socket, as systemd does.
+    fn start(&self, args: &[OsString]) -> Daemon {
+        Daemon::spawn(socket_activated(&self.listener, args))
     }
 }
 
@@ -217,7 +189,7 @@ fn restart_under_socket_activation_refuses_no_one_and_loses_no_answer() {
     fixture.plugin("who", WHO);
     let launcher = Launcher::bind(&fixture);
 
-    let first = launcher.start(fixture.daemon_args());
+    let first = launcher.start(&fixture.daemon_args());
     first.wait_until_listening(&fixture);
     let first_pid = first.pid();
     let client = Client::start(&fixture);
@@ -242,7 +214,7 @@ fn restart_under_socket_activation_refuses_no_one_and_loses_no_answer() {
         client.sent() >= gap_start + SENT_BETWEEN_DAEMONS
     });
     let gap_end = client.sent();
-    let second = launcher.start(fixture.daemon_args());
+    let second = launcher.start(&fixture.daemon_args());
     let second_pid = second.pid();
     wait_for("answers from the second daemon", || {
         client.answered_by(second_pid) >= ANSWERS_PER_DAEMON
@@ -367,12 +339,8 @@ fn sigterm_under_socket_activation_serves_every_request_already_accepted() {
     let socket = fixture.socket();
     let mut args = fixture.daemon_args();
     args.extend(["--workers".into(), "1".into()]);
-    let daemon = launcher.start(args);
+    let daemon = launcher.start(&args);
     daemon.wait_until_listening(&fixture);
-    let started = |container: &str| {
-        let log = fs::read_to_string(fixture.dir.join("gate.log")).unwrap_or_default();
-        log.lines().any(|line| line == format!("start {container}"))
-    };
     let metric = |line: &str| {
         get(&socket, "/metrics")
             .body
@@ -382,7 +350,7 @@ fn sigterm_under_socket_activation_serves_every_request_already_accepted() {
 
     // a1 runs on the only worker; a2 waits in the daemon's queue.
     let running = post_in_background(&socket, env("a1"), netconf("gate"));
-    wait_for("a1 to start", || started("a1"));
+    wait_for("a1 to start", || fixture.gate_started("a1"));
     let queued = post_in_background(&socket, env("a2"), netconf("gate"));
     wait_for("a2 to wait in the queue", || {
         metric("cniserverd_requests_queued 1")
@@ -400,28 +368,18 @@ fn sigterm_under_socket_activation_serves_every_request_already_accepted() {
     });
 
     daemon.signal(Signal::SIGTERM);
-    wait_for("the daemon to take the signal", || {
-        daemon.log().contains("received SIGTERM")
-    });
+    daemon.wait_for_log("received SIGTERM");
     // The held requests finish; then the half-sent one, which the daemon
     // must still be waiting for, sends the rest.
     for container in ["a1", "a2", "a3"] {
-        fs::write(fixture.dir.join(format!("release-{container}")), b"").unwrap();
+        fixture.release(container);
     }
     let running = running.join().unwrap();
     let queued = queued.join().unwrap();
     let sent = half_sent.write_all(rest);
-
-    let mut raw = Vec::new();
-    let read = half_sent.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        panic!("the half-sent request got no answer: sending {sent:?}, reading {read:?}");
-    };
-    let half_sent = Answer {
-        status: head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body: body.to_owned(),
-    };
+    let half_sent = read_answer(&mut half_sent).unwrap_or_else(|read| {
+        panic!("the half-sent request got no answer: sending {sent:?}, reading {read:?}")
+    });
     let answers = [
         ("running", running),
         ("queued", queued),

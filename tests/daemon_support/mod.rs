@@ -1,7 +1,9 @@
 //! Shared harness for the tests that run the real `cniserverd` binary:
-//! a folder of the test's own with fake delegate plugins (shell scripts),
-//! the daemon as a child process with its stderr collected, and a client
-//! that speaks the shim's protocol over the socket as raw HTTP.
+//! a folder of the test's own with fake delegate plugins (shell scripts,
+//! the ones several files need kept here), the daemon as a child process
+//! with its stderr collected, started directly or the way systemd's socket
+//! activation starts it, and a client that speaks the shim's protocol over
+//! the socket as raw HTTP.
 //!
 //! A daemon counts as started once `config.json` is beside its socket:
 //! the daemon writes it only after the socket listens, and it is there
@@ -16,8 +18,10 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cniserver::CniRequest;
+use nix::fcntl::{FcntlArg, FdFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -45,6 +50,38 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Fake delegate plugins, for `Fixture::plugin`
+
+/// Prints a result for ADD, nothing for the other commands.
+pub const OK: &str = r#"#!/bin/sh
+if [ "$CNI_COMMAND" = ADD ]; then printf '{"cniVersion":"0.4.0","ips":[]}'; fi
+"#;
+
+/// Fails the way a well-behaved plugin does: a CNI error with code 7.
+pub const FAILS: &str = r#"#!/bin/sh
+printf '{"cniVersion":"0.4.0","code":7,"msg":"bad config from the fake","details":"line 3"}'
+exit 1
+"#;
+
+/// Records its environment and stdin under its container's name (see
+/// [`Fixture::recorded_env`]), then prints a result.
+pub const RECORDER: &str = r#"#!/bin/sh
+env > "@DIR@/env-$CNI_CONTAINERID"
+cat > "@DIR@/stdin-$CNI_CONTAINERID.json"
+printf '{"cniVersion":"0.4.0","ips":[]}'
+"#;
+
+/// Logs its start to `gate.log`, waits until the test releases its
+/// container ([`Fixture::release`]), logs its end, and prints a result for
+/// ADD. Ordering is read from these marks, never from time.
+pub const GATE: &str = r#"#!/bin/sh
+echo "start $CNI_COMMAND $CNI_CONTAINERID $CNI_ARGS" >> "@DIR@/gate.log"
+while [ ! -e "@DIR@/release-$CNI_CONTAINERID" ]; do sleep 0.02; done
+echo "end $CNI_COMMAND $CNI_CONTAINERID $CNI_ARGS" >> "@DIR@/gate.log"
+if [ "$CNI_COMMAND" = ADD ]; then printf '{"cniVersion":"0.4.0","ips":[]}'; fi
+"#;
 
 // ---------------------------------------------------------------------------
 // The test's folder
@@ -106,6 +143,53 @@ impl Fixture {
             "--cni-path".into(),
             self.plugins().into(),
         ]
+    }
+
+    /// What [`RECORDER`] found in its environment for `container`.
+    pub fn recorded_env(&self, container: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("env-{container}"))).unwrap()
+    }
+
+    /// The netconf [`RECORDER`] got on stdin for `container`.
+    pub fn recorded_stdin(&self, container: &str) -> Value {
+        let path = self.dir.join(format!("stdin-{container}.json"));
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    }
+
+    /// Lets the gate plugins held for `container` finish.
+    pub fn release(&self, container: &str) {
+        fs::write(self.dir.join(format!("release-{container}")), b"").unwrap();
+    }
+
+    /// The marks of [`GATE`] so far, in order: (start|end, command,
+    /// container, pod name).
+    pub fn gate_log(&self) -> Vec<(String, String, String, String)> {
+        let text = fs::read_to_string(self.dir.join("gate.log")).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let pod = fields[3]
+                    .split(';')
+                    .find_map(|arg| arg.strip_prefix("K8S_POD_NAME="))
+                    .unwrap_or("")
+                    .to_owned();
+                (fields[0].into(), fields[1].into(), fields[2].into(), pod)
+            })
+            .collect()
+    }
+
+    /// Whether the gate log holds `event` (start or end) for this pod.
+    pub fn has_marker(&self, event: &str, pod: &str) -> bool {
+        self.gate_log()
+            .iter()
+            .any(|(e, _, _, p)| e == event && p == pod)
+    }
+
+    /// Whether a gate plugin started for `container`.
+    pub fn gate_started(&self, container: &str) -> bool {
+        self.gate_log()
+            .iter()
+            .any(|(e, _, c, _)| e == "start" && c == container)
     }
 }
 
@@ -179,6 +263,20 @@ impl Daemon {
         });
     }
 
+    /// Waits until the daemon's stderr holds `text`; the log so far comes
+    /// with the failure.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {text:?} in the log\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -228,8 +326,39 @@ impl Drop for Daemon {
     }
 }
 
+/// `cniserverd` with `args`, started as systemd's socket activation starts
+/// it: `listener` as fd 3, `LISTEN_FDS=1`, and `LISTEN_PID` naming the
+/// daemon itself, without `RUST_LOG`. Only the new process knows its PID,
+/// so a shell sets it from `$$` and then execs the daemon, which keeps it.
+pub fn socket_activated(listener: &UnixListener, args: &[OsString]) -> Command {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
+        .arg(DAEMON)
+        .args(args)
+        .env_remove("RUST_LOG");
+    let fd = listener.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (dup2, fcntl).
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                nix::fcntl::fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            } else {
+                nix::unistd::dup2(fd, 3)?;
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 // ---------------------------------------------------------------------------
 // Requests
+
+/// The `secret` of [`pod_env`] for tests that do not look for leaks.
+pub const NO_SECRET: &str = "-";
 
 /// A pod request's environment as a shim forwards it, with variables
 /// the daemon must not pass on: `secret` is the value of one of them.
@@ -297,6 +426,29 @@ impl Answer {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("answer body is not JSON ({e}): {self:?}"))
     }
+
+    /// The CNI error code; fails the test when there is none.
+    pub fn code(&self) -> u64 {
+        self.json()["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("answer has no code: {self:?}"))
+    }
+
+    /// The CNI error message, empty when there is none.
+    pub fn msg(&self) -> String {
+        self.json()["msg"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// Fails the test unless this is a CNI error with `code` whose message
+    /// holds `msg_has`.
+    pub fn assert_error(&self, code: u64, msg_has: &str) {
+        assert_ne!(self.status, 200, "expected an error: {self:?}");
+        assert_eq!(self.code(), code, "wrong code: {self:?}");
+        assert!(
+            self.msg().contains(msg_has),
+            "msg lacks {msg_has:?}: {self:?}"
+        );
+    }
 }
 
 /// Why an exchange did not end with a whole answer.
@@ -319,7 +471,11 @@ pub fn try_exchange(socket: &Path, request: &[u8]) -> Result<Answer, ExchangeErr
     stream
         .write_all(request)
         .map_err(|e| ExchangeError::Send(e.to_string()))?;
+    read_answer(&mut stream)
+}
 
+/// Reads until the daemon closes the connection and parses the answer.
+pub fn read_answer(stream: &mut UnixStream) -> Result<Answer, ExchangeError> {
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
