@@ -587,33 +587,12 @@ fn codec_rows_get_the_same_answer_split_at_every_offset() {
 
     for (name, request) in codec_rows() {
         let whole = common::exchange(server.path(), &request);
-
-        // Many connections at once: each gets its first part, then, after a
-        // pause that lets the server read those parts on their own, the rest.
-        let offsets: Vec<usize> = (1..request.len()).collect();
-        for batch in offsets.chunks(64) {
-            let mut streams = Vec::new();
-            for &offset in batch {
-                let mut stream = connect(server.path()).expect("connect");
-                write_tolerant(&mut stream, &request[..offset]).expect("first part");
-                streams.push((offset, stream));
-            }
-            thread::sleep(Duration::from_millis(20));
-            for (offset, stream) in &mut streams {
-                write_tolerant(stream, &request[*offset..]).expect("second part");
-            }
-            for (offset, mut stream) in streams {
-                match read_until_closed(&mut stream).and_then(|raw| Answer::parse(&raw)) {
-                    Ok(answer) if answer == whole => {}
-                    Ok(answer) => failures.push(format!(
-                        "{name}, split at {offset} ({} | {}):\n    got:   {answer}\n    whole: {whole}",
-                        show(&request[..offset]),
-                        show(&request[offset..])
-                    )),
-                    Err(why) => failures.push(format!("{name}, split at {offset}: {why}")),
-                }
-            }
-        }
+        failures.extend(common::split_failures(
+            server.path(),
+            name,
+            &request,
+            &whole,
+        ));
     }
     assert!(check_good_request(server.path()).is_ok());
     failures.truncate(20);
@@ -627,14 +606,7 @@ fn codec_rows_get_the_same_answer_one_byte_at_a_time() {
 
     for (name, request) in codec_rows() {
         let whole = common::exchange(server.path(), &request);
-        let mut stream = connect(server.path()).expect("connect");
-        for byte in request.chunks(1) {
-            write_tolerant(&mut stream, byte).expect("write");
-            // Long enough for the server to take most bytes in reads of
-            // their own.
-            thread::sleep(Duration::from_micros(300));
-        }
-        match read_until_closed(&mut stream).and_then(|raw| Answer::parse(&raw)) {
+        match common::exchange_byte_at_a_time(server.path(), &request) {
             Ok(answer) if answer == whole => {}
             Ok(answer) => {
                 failures.push(format!("{name}:\n    got:   {answer}\n    whole: {whole}"))

@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use cniserver::PodRequest;
 use common::{
@@ -820,35 +819,12 @@ fn request_split_at_every_offset_gets_the_same_answer() {
             continue;
         }
 
-        // Many connections at once: each gets its first part, then, after
-        // a pause that lets the server read those parts on their own, the
-        // rest.
-        let offsets: Vec<usize> = (1..request.len()).collect();
-        for batch in offsets.chunks(64) {
-            let mut streams = Vec::new();
-            for &offset in batch {
-                let mut stream = connect(server.path()).expect("connect");
-                write_tolerant(&mut stream, &request[..offset]).expect("first part");
-                streams.push((offset, stream));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            for (offset, stream) in &mut streams {
-                write_tolerant(stream, &request[*offset..]).expect("second part");
-            }
-            for (offset, mut stream) in streams {
-                let answer = read_until_closed(&mut stream).and_then(|raw| Answer::parse(&raw));
-                match answer {
-                    Ok(answer) if answer == whole => {}
-                    Ok(answer) => failures.push(format!(
-                        "{name}, split at {offset} ({} | {}):\n    \
-                         got:   {answer}\n    whole: {whole}",
-                        show(&request[..offset]),
-                        show(&request[offset..])
-                    )),
-                    Err(why) => failures.push(format!("{name}, split at {offset}: {why}")),
-                }
-            }
-        }
+        failures.extend(common::split_failures(
+            server.path(),
+            name,
+            &request,
+            &whole,
+        ));
     }
     failures.truncate(20);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -860,14 +836,7 @@ fn request_sent_one_byte_at_a_time_gets_the_same_answer() {
     let server = TestServer::reference("http-bytewise");
     let mut failures = Vec::new();
     for (name, request, interim) in split_requests() {
-        let mut stream = connect(server.path()).expect("connect");
-        for byte in request.chunks(1) {
-            write_tolerant(&mut stream, byte).expect("write");
-            // Long enough for the server to take most bytes in reads of
-            // their own.
-            std::thread::sleep(Duration::from_micros(300));
-        }
-        let answer = read_until_closed(&mut stream).and_then(|raw| Answer::parse(&raw));
+        let answer = common::exchange_byte_at_a_time(server.path(), &request);
         match answer.and_then(|answer| check_split_answer(&interim, &answer)) {
             Ok(()) => {}
             Err(why) => failures.push(format!("{name}: {why}")),
@@ -931,6 +900,12 @@ fn has_line(text: &str, line: &str) -> bool {
         .any(|l| l.trim_end().eq_ignore_ascii_case(line))
 }
 
+/// Fails the test, showing `text`, unless it has `line` (any case).
+#[track_caller]
+fn assert_has_line(text: &str, line: &str) {
+    assert!(has_line(text, line), "{text}");
+}
+
 #[test]
 fn curl_posts_a_file_with_content_length() {
     let server = TestServer::reference("curl-file");
@@ -944,16 +919,8 @@ fn curl_posts_a_file_with_content_length() {
         &run.trace,
         &format!("> Content-Length: {}", add_body().len())
     ));
-    assert!(
-        has_line(&run.headers, "Content-Type: application/json"),
-        "{}",
-        run.headers
-    );
-    assert!(
-        has_line(&run.headers, "Connection: close"),
-        "{}",
-        run.headers
-    );
+    assert_has_line(&run.headers, "Content-Type: application/json");
+    assert_has_line(&run.headers, "Connection: close");
 }
 
 #[test]
@@ -962,30 +929,14 @@ fn curl_uploads_stdin_chunked_after_100_continue() {
     let run = curl(&server, &["-X", "POST", "-T", "-"], add_body().as_bytes());
 
     // The request had the shape the test is about.
-    assert!(has_line(&run.trace, "> POST / HTTP/1.1"), "{}", run.trace);
-    assert!(
-        has_line(&run.trace, "> Transfer-Encoding: chunked"),
-        "{}",
-        run.trace
-    );
-    assert!(
-        has_line(&run.trace, "> Expect: 100-continue"),
-        "{}",
-        run.trace
-    );
+    assert_has_line(&run.trace, "> POST / HTTP/1.1");
+    assert_has_line(&run.trace, "> Transfer-Encoding: chunked");
+    assert_has_line(&run.trace, "> Expect: 100-continue");
 
     assert_eq!(run.code, "200", "{}", run.trace);
-    assert!(
-        has_line(&run.headers, "HTTP/1.1 100 Continue"),
-        "{}",
-        run.headers
-    );
+    assert_has_line(&run.headers, "HTTP/1.1 100 Continue");
     assert_eq!(run.body, add_answer().as_bytes());
-    assert!(
-        has_line(&run.headers, "Connection: close"),
-        "{}",
-        run.headers
-    );
+    assert_has_line(&run.headers, "Connection: close");
 }
 
 #[test]
@@ -993,10 +944,6 @@ fn curl_get_is_405_with_allow_post() {
     let server = TestServer::reference("curl-get");
     let run = curl(&server, &[], b"");
     assert_eq!(run.code, "405", "{}", run.trace);
-    assert!(has_line(&run.headers, "Allow: POST"), "{}", run.headers);
-    assert!(
-        has_line(&run.headers, "Connection: close"),
-        "{}",
-        run.headers
-    );
+    assert_has_line(&run.headers, "Allow: POST");
+    assert_has_line(&run.headers, "Connection: close");
 }

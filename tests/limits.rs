@@ -447,23 +447,14 @@ fn holding_server(
     tag: &str,
     config: ServerConfig,
 ) -> (TestServer, mpsc::Receiver<(PodRequest, ReplyHandle)>) {
-    let (held, take) = mpsc::channel();
-    let server = TestServer::start_with(tag, config, move |request, reply| {
+    TestServer::holding(tag, config, |request, reply| {
         match request.sandbox_id.as_str() {
             "good" => reply.send(reference::answer(&request)),
             "panic" => panic!("the handler panics (expected by the test)"),
-            _ => {
-                let _ = held.send((request, reply));
-            }
+            _ => return Some((request, reply)),
         }
-    });
-    (server, take)
-}
-
-/// Sends `request` from a thread of its own.
-fn send_in_background(server: &TestServer, request: Vec<u8>) -> thread::JoinHandle<Answer> {
-    let path = server.path().to_owned();
-    thread::spawn(move || common::exchange(&path, &request))
+        None
+    })
 }
 
 #[test]
@@ -475,7 +466,7 @@ fn handler_past_the_reply_timeout_gets_504_and_its_late_answer_is_dropped() {
     });
     let (server, held) = holding_server("limits-reply", config);
 
-    let client = send_in_background(&server, add("stuck"));
+    let client = server.exchange_in_background(add("stuck"));
     let (request, reply) = held.recv_timeout(IO_GUARD).expect("the request");
     assert_eq!(request.sandbox_id, "stuck");
     let answer = client.join().expect("client thread");
@@ -489,7 +480,7 @@ fn handler_past_the_reply_timeout_gets_504_and_its_late_answer_is_dropped() {
 
     // The next request is held in the slot the first one left; the late
     // answer must not reach it.
-    let next = send_in_background(&server, post(pod_body("DEL", "next").as_bytes()));
+    let next = server.exchange_in_background(post(pod_body("DEL", "next").as_bytes()));
     let (_request, next_reply) = held.recv_timeout(IO_GUARD).expect("the next request");
     reply.success(b"late".to_vec());
     next_reply.success(b"next".to_vec());

@@ -218,22 +218,13 @@ fn holding_server(
     tag: &str,
     config: ServerConfig,
 ) -> (TestServer, mpsc::Receiver<(PodRequest, ReplyHandle)>) {
-    let (held, take) = mpsc::channel();
-    let server = TestServer::start_with(tag, config, move |request, reply| {
+    TestServer::holding(tag, config, |request, reply| {
         if request.sandbox_id == "probe" {
             reply.success(Vec::new());
-        } else {
-            let _ = held.send((request, reply));
+            return None;
         }
-    });
-    (server, take)
-}
-
-/// Sends `request_for(sandbox)` from a thread of its own.
-fn send_in_background(server: &TestServer, sandbox: &str) -> thread::JoinHandle<Answer> {
-    let path = server.path().to_owned();
-    let request = request_for(sandbox);
-    thread::spawn(move || common::exchange(&path, &request))
+        Some((request, reply))
+    })
 }
 
 /// Sends probes until one is refused as the server drains; returns that
@@ -255,7 +246,7 @@ fn shutdown_lets_the_request_in_flight_finish() {
     let path = server.path().to_owned();
     assert!(path.exists());
 
-    let in_flight = send_in_background(&server, "in-flight");
+    let in_flight = server.exchange_in_background(request_for("in-flight"));
     let (request, reply) = held
         .recv_timeout(IO_GUARD)
         .expect("the request reaches the handler");
@@ -306,7 +297,7 @@ fn shutdown_grace_ends_with_503_for_what_is_still_held() {
     let (server, held) = holding_server("replies-grace", config);
     let path = server.path().to_owned();
 
-    let in_flight = send_in_background(&server, "never-answered");
+    let in_flight = server.exchange_in_background(request_for("never-answered"));
     let (_request, reply) = held
         .recv_timeout(IO_GUARD)
         .expect("the request reaches the handler");
@@ -330,14 +321,14 @@ fn late_answer_after_a_timeout_never_reaches_the_next_client() {
     };
     let (server, held) = holding_server("replies-late", config);
 
-    let first = send_in_background(&server, "first");
+    let first = server.exchange_in_background(request_for("first"));
     let (_request, first_reply) = held.recv_timeout(IO_GUARD).expect("first request");
     let timed_out = first.join().expect("client thread");
     assert_eq!(timed_out.status, 504, "{timed_out}");
     timed_out.check_connection_close().unwrap();
 
     // The next connection takes the first one's slot in the reactor.
-    let second = send_in_background(&server, "second");
+    let second = server.exchange_in_background(request_for("second"));
     let (_request, second_reply) = held.recv_timeout(IO_GUARD).expect("second request");
     first_reply.success(success_for("first"));
     second_reply.success(success_for("second"));

@@ -13,6 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -186,6 +187,26 @@ impl TestServer {
         })
     }
 
+    /// Starts a server whose handler gives each request to `at_once`,
+    /// which answers those it can and hands back the others; those go to
+    /// the test, unanswered, through the channel.
+    pub fn holding<H>(
+        tag: &str,
+        config: ServerConfig,
+        mut at_once: H,
+    ) -> (TestServer, mpsc::Receiver<(PodRequest, ReplyHandle)>)
+    where
+        H: FnMut(PodRequest, ReplyHandle) -> Option<(PodRequest, ReplyHandle)> + Send + 'static,
+    {
+        let (held, take) = mpsc::channel();
+        let server = TestServer::start_with(tag, config, move |request, reply| {
+            if let Some(unanswered) = at_once(request, reply) {
+                let _ = held.send(unanswered);
+            }
+        });
+        (server, take)
+    }
+
     /// The socket path.
     pub fn path(&self) -> &Path {
         self.serving.path()
@@ -205,6 +226,12 @@ impl TestServer {
     /// reason if there is none.
     pub fn exchange(&self, request: &[u8]) -> Answer {
         exchange(self.path(), request)
+    }
+
+    /// [`TestServer::exchange`] on a thread of its own.
+    pub fn exchange_in_background(&self, request: Vec<u8>) -> JoinHandle<Answer> {
+        let path = self.path().to_owned();
+        std::thread::spawn(move || exchange(&path, &request))
     }
 
     /// Stops the server and returns what `serve` returned. The folder stays
@@ -285,6 +312,54 @@ pub fn try_exchange(path: &Path, request: &[u8]) -> Result<Answer, String> {
 /// [`try_exchange`], panicking with the reason when there is no answer.
 pub fn exchange(path: &Path, request: &[u8]) -> Answer {
     try_exchange(path, request).unwrap_or_else(|e| panic!("request {}: {e}", show(request)))
+}
+
+/// Sends `request` split in two at every byte offset and describes each
+/// answer that is not `whole`, the answer to it sent at once; `name` opens
+/// each description.
+///
+/// Many connections run at once: each gets its first part, then, after a
+/// pause that lets the server read those parts on their own, the rest.
+pub fn split_failures(path: &Path, name: &str, request: &[u8], whole: &Answer) -> Vec<String> {
+    let mut failures = Vec::new();
+    let offsets: Vec<usize> = (1..request.len()).collect();
+    for batch in offsets.chunks(64) {
+        let mut streams = Vec::new();
+        for &offset in batch {
+            let mut stream = connect(path).expect("connect");
+            write_tolerant(&mut stream, &request[..offset]).expect("first part");
+            streams.push((offset, stream));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        for (offset, stream) in &mut streams {
+            write_tolerant(stream, &request[*offset..]).expect("second part");
+        }
+        for (offset, mut stream) in streams {
+            match read_until_closed(&mut stream).and_then(|raw| Answer::parse(&raw)) {
+                Ok(answer) if answer == *whole => {}
+                Ok(answer) => failures.push(format!(
+                    "{name}, split at {offset} ({} | {}):\n    got:   {answer}\n    whole: {whole}",
+                    show(&request[..offset]),
+                    show(&request[offset..])
+                )),
+                Err(why) => failures.push(format!("{name}, split at {offset}: {why}")),
+            }
+        }
+    }
+    failures
+}
+
+/// Sends `request` one byte at a time on a new connection and parses the
+/// whole answer.
+pub fn exchange_byte_at_a_time(path: &Path, request: &[u8]) -> Result<Answer, String> {
+    let mut stream = connect(path).expect("connect");
+    for byte in request.chunks(1) {
+        write_tolerant(&mut stream, byte).expect("write");
+        // Long enough for the server to take most bytes in reads of their
+        // own.
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    read_until_closed(&mut stream).and_then(|raw| Answer::parse(&raw))
 }
 
 /// A `POST /` with this body, as the Go shim sends it.
