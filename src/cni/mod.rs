@@ -292,6 +292,24 @@ impl fmt::Display for DecodeError {
     }
 }
 
+impl DecodeError {
+    /// The error as a short phrase without any value from the request (the
+    /// `Display` text of an invalid `CNI_ARGS` piece quotes the piece), fit
+    /// for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Json(_) => "JSON unmarshal error",
+            DecodeError::MissingCommand => "unexpected or missing CNI_COMMAND",
+            DecodeError::MissingContainerId => "missing CNI_CONTAINERID",
+            DecodeError::MissingNetns => "missing CNI_NETNS",
+            DecodeError::MissingArgs => "missing CNI_ARGS",
+            DecodeError::InvalidArg(_) => "invalid CNI_ARG",
+            DecodeError::MissingPodNamespace => "missing K8S_POD_NAMESPACE",
+            DecodeError::MissingPodName => "missing K8S_POD_NAME",
+        }
+    }
+}
+
 impl std::error::Error for DecodeError {}
 
 /// Decodes a request body into a pod request, first failing step first.

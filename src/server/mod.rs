@@ -140,6 +140,15 @@ pub enum ServerEvent<'a> {
         /// The request's command.
         command: &'a str,
     },
+    /// A request was answered with an error by the server itself, before
+    /// or instead of the handler: malformed HTTP, a limit, a body that does
+    /// not decode, a request that took too long to arrive, or shutdown.
+    Rejected {
+        /// The status it was answered with.
+        status: u16,
+        /// Why, as a short phrase that holds no value from the request.
+        reason: &'a str,
+    },
 }
 
 /// A CNI server bound to its socket, ready to serve.

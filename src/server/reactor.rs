@@ -331,19 +331,23 @@ impl Reactor {
         };
         let (method, body) = (request.head.method, request.body);
         let mut out = Vec::new();
+        let mut rejected = None;
 
         match request.head.path.as_str() {
             "/" if method != Method::Post => {
                 self.metrics.http_error(405);
+                rejected = Some((405, "method not allowed"));
                 response::method_not_allowed(&mut out, "POST")
             }
             "/" if refusing => {
                 self.metrics.request(UNDECODED, Outcome::ShuttingDown, None);
+                rejected = Some((503, SHUTTING_DOWN));
                 response::error_text(&mut out, 503, SHUTTING_DOWN);
             }
             "/" => match decode_body(body) {
                 Err(error) => {
                     self.metrics.request(UNDECODED, Outcome::Rejected, None);
+                    rejected = Some((400, error.kind()));
                     response::error_text(&mut out, 400, &error.to_string());
                 }
                 Ok(pod) => {
@@ -368,6 +372,7 @@ impl Reactor {
             },
             "/healthz" | "/readyz" | "/metrics" if method != Method::Get => {
                 self.metrics.http_error(405);
+                rejected = Some((405, "method not allowed"));
                 response::method_not_allowed(&mut out, "GET")
             }
             "/healthz" => response::write(&mut out, 200, &[("Content-Type", TEXT_PLAIN)], b"ok\n"),
@@ -378,8 +383,12 @@ impl Reactor {
             "/metrics" => self.render_metrics(&mut out),
             _ => {
                 self.metrics.http_error(404);
+                rejected = Some((404, "no such path"));
                 response::not_found(&mut out)
             }
+        }
+        if let Some((status, reason)) = rejected {
+            self.emit(ServerEvent::Rejected { status, reason });
         }
         self.respond(key, &out);
     }
@@ -444,6 +453,10 @@ impl Reactor {
 
     fn respond_http_error(&mut self, key: usize, error: HttpError) {
         self.metrics.http_error(error.status());
+        self.emit(ServerEvent::Rejected {
+            status: error.status(),
+            reason: &error.to_string(),
+        });
         let mut out = Vec::new();
         response::http_error(&mut out, error);
         self.respond(key, &out);
@@ -535,8 +548,13 @@ impl Reactor {
         for (key, phase) in expired {
             match phase {
                 Phase::Reading => {
+                    let reason = "request not received in time";
                     self.metrics.http_error(408);
-                    self.respond_text(key, 408, "request not received in time");
+                    self.emit(ServerEvent::Rejected {
+                        status: 408,
+                        reason,
+                    });
+                    self.respond_text(key, 408, reason);
                 }
                 Phase::Handling if grace_over => {
                     self.finish_handling(key, Outcome::ShuttingDown);
