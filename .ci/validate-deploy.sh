@@ -25,7 +25,7 @@ trap 'rm -rf "$work"' EXIT
 install_tools() {
     if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
         echo "== installing $kubernetes_validate_package"
-        python3 -m pip install --quiet --disable-pip-version-check "$kubernetes_validate_package"
+        bash "$(dirname "${BASH_SOURCE[0]}")/pip-install.sh" "$kubernetes_validate_package"
     fi
     if ! command -v systemd-analyze >/dev/null; then
         echo "== installing systemd (for systemd-analyze)"
