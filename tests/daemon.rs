@@ -699,8 +699,11 @@ fn installs_the_shim_and_the_network_config() {
 
 #[test]
 fn command_line_errors_exit_2_naming_the_flag() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--workers", "0"], "--workers"),
+        (&["--socket", "relative.sock"], "--socket"),
+        (&["--socket", "run/cni.sock"], "--socket"),
+        (&["probe", "healthz", "--socket=cni.sock"], "--socket"),
         (&["--plugin-timeout", "soon"], "--plugin-timeout"),
         (&["--log-level", "chatty"], "--log-level"),
         (&["--frobnicate"], "--frobnicate"),

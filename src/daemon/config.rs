@@ -43,7 +43,8 @@ request a CNI shim forwards, runs the delegate CNI plugin named by the
 netconf key \"delegateType\" (a thick plugin).
 
 Options:
-  --socket PATH              the Unix socket to listen on; its folder is
+  --socket PATH              the Unix socket to listen on, an absolute
+                             path; its folder is
                              created with mode 0700, and config.json is
                              written beside it for shims
                              (default /var/run/openshift-sdn/cni-server.sock)
@@ -258,7 +259,7 @@ where
         }
         let f = flag.as_str();
         match f {
-            "--socket" => set(&mut socket, f, parse_path(f, args.value(f, inline)?)?)?,
+            "--socket" => set(&mut socket, f, parse_socket(f, args.value(f, inline)?)?)?,
             "--cni-path" => set(
                 &mut cni_path,
                 f,
@@ -346,7 +347,7 @@ fn parse_probe(mut args: Args) -> Result<Invocation, UsageError> {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Invocation::Help),
             "--socket" => {
-                let path = parse_path("--socket", args.value("--socket", inline)?)?;
+                let path = parse_socket("--socket", args.value("--socket", inline)?)?;
                 set(&mut socket, "--socket", path)?
             }
             name if endpoint.is_none() && !name.starts_with('-') => {
@@ -368,6 +369,20 @@ fn parse_path(flag: &str, value: String) -> Result<PathBuf, UsageError> {
         return Err(usage_error(format!("{flag} needs a path")));
     }
     Ok(PathBuf::from(value))
+}
+
+/// Reads the socket's path, which must be absolute and name a file: the
+/// socket's folder is created and locked down, and shims and probes find
+/// the socket by this same path whatever their working folder.
+fn parse_socket(flag: &str, value: String) -> Result<PathBuf, UsageError> {
+    let path = parse_path(flag, value)?;
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(usage_error(format!(
+            "{flag}: expected an absolute path to the socket file, got {:?}",
+            path.display().to_string()
+        )));
+    }
+    Ok(path)
 }
 
 fn parse_plugin_path(source: &str, value: &str) -> Result<PluginPath, UsageError> {
