@@ -51,3 +51,8 @@ pub use server::{
     shutdown_on_signals, EventHook, PeerPolicy, PodError, PodResult, ReplyHandle, Server,
     ServerConfig, ServerEvent, ShutdownHandle,
 };
+
+// The README's Rust examples compile as doctests, so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
