@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use daemon_support::{
     post, post_in_background, socket_activated, wait_for, Answer, Daemon, Fixture, DAEMON, FAILS,
-    GATE, RECORDER,
+    GATE, OK, RECORDER,
 };
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -231,12 +231,26 @@ fn answers_pass_plugin_output_through_or_describe_the_failure() {
             Want::Error(999, "wrote more than 1 MiB to stdout"),
         ),
         (
+            "a plugin without an execute bit is named as such",
+            "ADD",
+            "not-executable",
+            Want::Error(
+                999,
+                "\"not-executable\" at @PLUGINS@/not-executable is not executable",
+            ),
+        ),
+        (
             "a missing plugin names the folders searched",
             "ADD",
             "no-such-plugin",
             Want::Error(999, "\"no-such-plugin\" not found in "),
         ),
     ];
+
+    // A plugin file that is there but may not be executed.
+    let not_executable = fixture.plugins().join("not-executable");
+    fs::write(&not_executable, OK).unwrap();
+    fs::set_permissions(&not_executable, fs::Permissions::from_mode(0o644)).unwrap();
 
     for (name, command, delegate, want) in cases {
         let answer = post(
@@ -252,7 +266,8 @@ fn answers_pass_plugin_output_through_or_describe_the_failure() {
             Want::Error(code, msg) => {
                 assert_eq!(answer.status, 400, "{name}: {answer:?}");
                 assert_eq!(answer.code(), code, "{name}: {answer:?}");
-                assert!(answer.msg().contains(msg), "{name}: {answer:?}");
+                let msg = msg.replace("@PLUGINS@", &plugins);
+                assert!(answer.msg().contains(&msg), "{name}: {answer:?}");
                 assert_eq!(answer.json()["cniVersion"], "0.4.0", "{name}");
             }
         }

@@ -91,13 +91,41 @@ impl PluginPath {
 
     /// The executable file called `name` in the first folder that has one.
     ///
+    /// A file of that name that may not be executed is skipped, as a
+    /// shell's `PATH` search skips it; when no folder has an executable
+    /// one, the error names the first such file, since "not found" would
+    /// send the operator looking for a file that is there.
+    ///
     /// `name` must already be a plain name (see [`check_plugin_name`]).
-    pub fn find(&self, name: &str) -> Option<PathBuf> {
-        self.folders
-            .iter()
-            .map(|folder| folder.join(name))
-            .find(|candidate| is_executable_file(candidate))
+    pub fn find(&self, name: &str) -> Result<PathBuf, PluginLookupError> {
+        let mut not_executable = None;
+        for candidate in self.folders.iter().map(|folder| folder.join(name)) {
+            let Ok(meta) = std::fs::metadata(&candidate) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            if meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+            not_executable.get_or_insert(candidate);
+        }
+        Err(match not_executable {
+            Some(path) => PluginLookupError::NotExecutable(path),
+            None => PluginLookupError::NotFound,
+        })
     }
+}
+
+/// Why [`PluginPath::find`] found no plugin to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginLookupError {
+    /// No folder holds a file of that name.
+    NotFound,
+    /// A file of that name exists, at this path, but no execute bit is set
+    /// on it (and no other folder has an executable one).
+    NotExecutable(PathBuf),
 }
 
 impl fmt::Display for PluginPath {
@@ -111,11 +139,6 @@ impl fmt::Display for PluginPath {
         }
         Ok(())
     }
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// Checks that a `delegateType` is a plain file name, so that it can only
@@ -219,8 +242,16 @@ impl Delegation {
         }
 
         let env = plugin_env(request, plugins).map_err(|error| fail(error, &cni_version))?;
-        let executable = plugins.find(&plugin).ok_or_else(|| {
-            let msg = format!("delegate plugin {plugin:?} not found in {plugins}");
+        let executable = plugins.find(&plugin).map_err(|error| {
+            let msg = match error {
+                PluginLookupError::NotFound => {
+                    format!("delegate plugin {plugin:?} not found in {plugins}")
+                }
+                PluginLookupError::NotExecutable(path) => format!(
+                    "delegate plugin {plugin:?} at {} is not executable",
+                    path.display()
+                ),
+            };
             fail(CniError::new(GENERIC_FAILURE, msg), &cni_version)
         })?;
 
