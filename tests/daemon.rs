@@ -608,6 +608,36 @@ fn sigterm_lets_the_running_plugin_finish_then_exits_cleanly() {
     assert!(log.contains("received SIGTERM"), "{log}");
 }
 
+#[test]
+fn sighup_stops_gracefully_like_sigterm() {
+    let fixture = fixture("sighup");
+    let daemon = Daemon::start(&fixture, &[]);
+    let socket = fixture.socket();
+
+    let running = post_in_background(&socket, pod_env("ADD", "h1", "in-flight"), netconf("gate"));
+    wait_for("the plugin to start", || {
+        fixture.has_marker("start", "in-flight")
+    });
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("received SIGHUP");
+
+    fixture.release("h1");
+    let answer = running.join().unwrap();
+    assert_eq!(answer.status, 200, "the in-flight request: {answer:?}");
+    assert!(fixture.has_marker("end", "in-flight"));
+
+    let (status, log) = daemon.wait();
+    assert_eq!(status.code(), Some(0), "exit status\n{log}");
+    assert!(!socket.exists(), "the socket is left behind");
+
+    let help = Command::new(DAEMON).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("SIGHUP"),
+        "help does not mention SIGHUP:\n{text}"
+    );
+}
+
 /// Runs `cniserverd probe ENDPOINT`; returns its exit status.
 fn probe(socket: &Path, endpoint: &str) -> i32 {
     let output = Command::new(DAEMON)

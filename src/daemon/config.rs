@@ -44,9 +44,8 @@ netconf key \"delegateType\" (a thick plugin).
 
 Options:
   --socket PATH              the Unix socket to listen on, an absolute
-                             path; its folder is
-                             created with mode 0700, and config.json is
-                             written beside it for shims
+                             path; its folder is created with mode 0700,
+                             and config.json is written beside it for shims
                              (default /var/run/openshift-sdn/cni-server.sock)
   --cni-path FOLDERS         colon-separated absolute folders to find delegate
                              plugins in; plugins also get it as CNI_PATH
@@ -59,8 +58,8 @@ Options:
   --plugin-timeout SECONDS   how long a request may take, queue wait
                              included; a plugin still running then is killed
                              with its whole process group (default 120)
-  --shutdown-grace SECONDS   after SIGTERM or SIGINT, how long running
-                             plugins may still finish (default 30)
+  --shutdown-grace SECONDS   after SIGTERM, SIGINT or SIGHUP, how long
+                             running plugins may still finish (default 30)
   --mtu N                    the MTU, 68 to 65535, published to shims in
                              config.json and given to each delegate plugin
                              as the netconf's \"mtu\" when the netconf has
@@ -80,8 +79,9 @@ Options:
 
 Requests for one container ID run one at a time, in arrival order; a DEL
 cancels an ADD of the same container that has not started yet.
-SIGTERM or SIGINT stops the daemon: it refuses new requests, lets running
-plugins finish within the shutdown grace, removes its socket and exits 0.
+SIGTERM, SIGINT or SIGHUP stops the daemon: it refuses new requests, lets
+running plugins finish within the shutdown grace, removes its socket and
+exits 0 (SIGHUP reloads nothing).
 Under systemd socket activation (LISTEN_PID, LISTEN_FDS) it serves the
 passed socket, which must be bound at --socket, and leaves it in place; at
 SIGTERM it stops accepting, so that new clients wait for the next daemon,
@@ -107,7 +107,7 @@ pub struct DaemonConfig {
     pub max_queue: usize,
     /// How long a request may take, queue wait included.
     pub plugin_timeout: Duration,
-    /// How long running plugins may finish after SIGTERM or SIGINT.
+    /// How long running plugins may finish after SIGTERM, SIGINT or SIGHUP.
     pub shutdown_grace: Duration,
     /// The MTU for netconfs that name none, also published to shims.
     pub mtu: Option<u16>,

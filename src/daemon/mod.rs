@@ -26,6 +26,12 @@
 //! run has a deadline, after which the plugin's whole process group is
 //! killed ([`delegate`]).
 //!
+//! SIGTERM, SIGINT and SIGHUP all stop the daemon the same graceful way:
+//! new requests are refused, running plugins finish within the shutdown
+//! grace, the socket is removed and the exit status is 0. SIGHUP does not
+//! reload anything: there is no config file to reload, and its default
+//! action would kill the daemon with its plugins orphaned.
+//!
 //! For deployment the daemon can also serve a socket systemd holds
 //! ([`activation`]), install the shim and the runtime's network config
 //! ([`install`]), and answer its own liveness and readiness probes
@@ -160,9 +166,9 @@ impl std::error::Error for DaemonError {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then stops cleanly.
+/// Serves until SIGTERM, SIGINT or SIGHUP, then stops cleanly.
 ///
-/// Call it from the main thread before starting any other: it blocks both
+/// Call it from the main thread before starting any other: it blocks these
 /// signals so that every thread it starts inherits the mask and only its
 /// signal thread sees them.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
@@ -262,6 +268,10 @@ fn serve(
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
+    // The default action of SIGHUP kills the process outright, leaving
+    // its socket and orphaning running plugins; a daemon has no terminal
+    // or config to reload, so a hangup is taken as a request to stop.
+    signals.add(Signal::SIGHUP);
     signals
         .thread_block()
         .map_err(|e| DaemonError::Start("signal handling", e.into()))?;
@@ -315,7 +325,7 @@ fn log_server_event(event: &ServerEvent<'_>) {
     }
 }
 
-/// Waits for SIGTERM or SIGINT on a thread of its own, then stops the
+/// Waits for SIGTERM, SIGINT or SIGHUP on a thread of its own, then stops the
 /// server and, when `queue` is given, answers its requests that have not
 /// started.
 fn watch_signals(
