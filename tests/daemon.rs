@@ -739,6 +739,77 @@ fn installs_the_shim_and_the_network_config() {
     assert!(!fixture.socket().exists(), "a socket was bound");
 }
 
+#[test]
+fn a_network_config_whose_shim_talks_to_another_socket_is_warned_of() {
+    let fixture = fixture("conf-socket");
+    let served = fixture.socket().to_string_lossy().into_owned();
+    let other = "/run/elsewhere/cni.sock";
+    let default = "/var/run/openshift-sdn/cni-server.sock";
+    let shim = |socket: Option<&str>| match socket {
+        Some(socket) => json!({"type": "cniserver-shim", "socket": socket}),
+        None => json!({"type": "cniserver-shim"}),
+    };
+    // (what the row pins, file name, config, the shim socket warned of)
+    let cases = [
+        (
+            "the same socket is fine",
+            "10-same.conflist",
+            json!({"cniVersion": "1.0.0", "name": "t", "plugins": [shim(Some(&served))]}),
+            None,
+        ),
+        (
+            "another socket",
+            "10-other.conflist",
+            json!({"cniVersion": "1.0.0", "name": "t", "plugins": [shim(Some(other))]}),
+            Some(other),
+        ),
+        (
+            "no socket key means the shim's default",
+            "10-default.conflist",
+            json!({"cniVersion": "1.0.0", "name": "t", "plugins": [shim(None)]}),
+            Some(default),
+        ),
+        (
+            "a single-plugin .conf is read too",
+            "10-single.conf",
+            json!({"cniVersion": "1.0.0", "name": "t", "type": "cniserver-shim", "socket": other}),
+            Some(other),
+        ),
+    ];
+
+    for (name, file, config, warned) in cases {
+        let path = fixture.dir.join(file);
+        fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let conf_dir = fixture.dir.join("net.d");
+        let daemon = Daemon::start(
+            &fixture,
+            &[
+                "--conflist",
+                path.to_str().unwrap(),
+                "--cni-conf-dir",
+                conf_dir.to_str().unwrap(),
+            ],
+        );
+        let (status, log) = daemon.stop();
+        assert!(status.success(), "{name}: exit {status}\n{log}");
+        let warning = log
+            .lines()
+            .find(|line| line.starts_with("WARN ") && line.contains("another socket"));
+        match warned {
+            None => assert_eq!(warning, None, "{name}: {log}"),
+            Some(shim_socket) => {
+                let warning = warning.unwrap_or_else(|| panic!("{name}: no warning\n{log}"));
+                assert!(
+                    warning.contains(&format!("shim_socket={shim_socket} "))
+                        && warning.contains(&format!("socket={served}")),
+                    "{name}: {warning}"
+                );
+            }
+        }
+        fs::remove_file(fixture.settings()).unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The command line
 

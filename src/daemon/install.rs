@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::cni::DEFAULT_SOCKET_PATH;
 use crate::settings::write_atomically;
 
 /// The shim's file name, beside the daemon and in the CNI bin folder.
@@ -92,6 +93,40 @@ impl Conflist {
             source: file.to_owned(),
             bytes,
         })
+    }
+
+    /// The file it was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The sockets the shims this config runs will connect to: one per
+    /// plugin entry whose `type` is the shim's name, its `socket` key or,
+    /// when it has none (or one that is not a string), the shim's default.
+    /// Both a `.conflist` (`plugins` array) and a single-plugin `.conf`
+    /// are read.
+    pub fn shim_sockets(&self) -> Vec<PathBuf> {
+        let Ok(Value::Object(config)) = serde_json::from_slice::<Value>(&self.bytes) else {
+            return Vec::new();
+        };
+        let entries: Vec<&Value> = match config.get("plugins") {
+            Some(Value::Array(plugins)) => plugins.iter().collect(),
+            _ => Vec::new(),
+        };
+        let top = Value::Object(config.clone());
+        let entries = if entries.is_empty() {
+            vec![&top]
+        } else {
+            entries
+        };
+        entries
+            .into_iter()
+            .filter(|entry| entry.get("type").and_then(Value::as_str) == Some(SHIM_NAME))
+            .map(|entry| {
+                let socket = entry.get("socket").and_then(Value::as_str);
+                PathBuf::from(socket.unwrap_or(DEFAULT_SOCKET_PATH))
+            })
+            .collect()
     }
 
     /// Copies it into `conf_dir` under its own file name, creating the

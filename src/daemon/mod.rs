@@ -187,6 +187,10 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .transpose()
         .map_err(DaemonError::Install)?;
 
+    if let Some(conflist) = &conflist {
+        warn_of_other_sockets(conflist, &config.socket);
+    }
+
     let metrics = Arc::new(DaemonMetrics::new(config.workers));
     let (server, inherited) = open_server(&config, &metrics)?;
     // Shims read this file before an ADD to learn that a server is up; it
@@ -225,6 +229,23 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     served?;
     log::info(format_args!("stopped"));
     Ok(())
+}
+
+/// Warns when the network config points its shims at another socket than
+/// the one served: the runtime would then call shims that reach no daemon,
+/// or another one. Not an error, since the operator may run a second
+/// daemon there on purpose, or move the socket with a bind mount.
+fn warn_of_other_sockets(conflist: &install::Conflist, served: &std::path::Path) {
+    for shim_socket in conflist.shim_sockets() {
+        if shim_socket != served {
+            log::warn(format_args!(
+                "the network config's shim talks to another socket conflist={} shim_socket={} socket={}",
+                Value(&conflist.source().to_string_lossy()),
+                Value(&shim_socket.to_string_lossy()),
+                Value(&served.to_string_lossy()),
+            ));
+        }
+    }
 }
 
 /// Binds the socket, or takes the one systemd passed (see
