@@ -10,7 +10,8 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 use daemon_support::{
-    netconf, pod_body, pod_env, post, post_request, wait_for, Daemon, Fixture, FAILS, GATE, OK,
+    exchange, netconf, pod_body, pod_env, post, post_request, wait_for, Daemon, Fixture, FAILS,
+    GATE, OK,
 };
 use serde_json::json;
 
@@ -187,6 +188,55 @@ fn a_client_that_leaves_before_its_answer_is_logged() {
     let lines = request_lines(&log);
     assert_eq!(lines.len(), 1, "{log}");
     assert_eq!(fields(lines[0]).get("container"), Some(&"c-gone"));
+    assert!(
+        !log.contains(ENV_SECRET) && !log.contains(NETCONF_SECRET),
+        "{log}"
+    );
+}
+
+#[test]
+fn requests_the_server_answers_itself_get_one_line_without_request_values() {
+    let fixture = fixture("log-rejected");
+    let daemon = start_daemon(&fixture, &[], None);
+    let socket = fixture.socket();
+
+    // A body that decodes but names no pod, carrying secrets in its env
+    // and netconf; a path the server does not serve; a body too large.
+    let mut env = pod_env("ADD", "c-rejected", "pod", ENV_SECRET);
+    env.insert(
+        "CNI_ARGS".to_owned(),
+        format!("K8S_POD_NAMESPACE={ENV_SECRET}"),
+    );
+    let no_pod = post(&socket, env, &secret_netconf("ok"));
+    assert_eq!(no_pod.status, 400, "{no_pod:?}");
+    let not_found = exchange(&socket, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(not_found.status, 404, "{not_found:?}");
+    let too_large = exchange(
+        &socket,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n",
+    );
+    assert_eq!(too_large.status, 413, "{too_large:?}");
+
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit {status}\n{log}");
+    let rejected: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" request rejected "))
+        .collect();
+    // (level, status, reason as logged)
+    let want = [
+        ("INFO", "400", "\"missing K8S_POD_NAME\""),
+        ("INFO", "404", "\"no such path\""),
+        ("WARN", "413", ""),
+    ];
+    assert_eq!(rejected.len(), want.len(), "{log}");
+    for (line, (level, status, reason)) in rejected.iter().zip(want) {
+        assert!(line.starts_with(&format!("{level} ")), "{line}");
+        let fields = fields(line);
+        assert_eq!(fields.get("status"), Some(&status), "{line}");
+        assert!(fields.contains_key("reason"), "{line}");
+        assert!(line.contains(&format!("reason={reason}")), "{line}");
+    }
     assert!(
         !log.contains(ENV_SECRET) && !log.contains(NETCONF_SECRET),
         "{log}"

@@ -336,13 +336,36 @@ fn serve(
 /// Logs what the server did on its own: refusals and timeouts at warn, a
 /// client that left before its answer at info (a runtime that gave up on
 /// a request, which then goes on without anyone to answer).
+///
+/// Requests the server answered itself are logged at the level
+/// [`rejection_level`] gives their status, with the server's reason,
+/// which never holds a value from the request.
 fn log_server_event(event: &ServerEvent<'_>) {
     match event {
         ServerEvent::ClientGone { command } => log::info(format_args!(
             "client left before its answer command={}",
             Value(command)
         )),
+        ServerEvent::Rejected { status, reason } => log::write(
+            rejection_level(*status),
+            format_args!("request rejected status={status} reason={}", Value(reason)),
+        ),
         other => log::warn(format_args!("server event {other:?}")),
+    }
+}
+
+/// The level of the line for a request the server answered itself.
+///
+/// A request that broke the protocol (400, 404, 405, 501, 505) is the
+/// client's bug and was told so; the daemon is fine, so info. A request
+/// that hit a limit (408 too slow, 413 body too large, 431 head too large)
+/// is a warning: either a peer misbehaves or a limit is too tight for a
+/// real workload, and the operator may have to act. The 503s of shutdown
+/// are expected while the daemon stops: info. Anything else: warn.
+pub fn rejection_level(status: u16) -> log::Level {
+    match status {
+        400 | 404 | 405 | 501 | 505 | 503 => log::Level::Info,
+        _ => log::Level::Warn,
     }
 }
 
