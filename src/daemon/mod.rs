@@ -50,6 +50,7 @@ pub mod activation;
 pub mod config;
 pub mod delegate;
 pub mod error;
+pub mod events;
 pub mod install;
 pub mod log;
 pub mod metrics;
@@ -70,6 +71,7 @@ use crate::server::{Server, ServerConfig, ServerEvent, ShutdownHandle};
 use crate::settings;
 use crate::socket::SocketError;
 use config::{parse_args, DaemonConfig, FlagEnv, Invocation, USAGE};
+use events::EventLog;
 use install::InstallError;
 use log::Value;
 use metrics::DaemonMetrics;
@@ -255,10 +257,11 @@ fn open_server(
     metrics: &Arc<DaemonMetrics>,
 ) -> Result<(Server, bool), DaemonError> {
     let scraped = metrics.clone();
+    let events = EventLog::new();
     let server_config = ServerConfig {
         reply_timeout: config.plugin_timeout + REPLY_MARGIN,
         shutdown_grace: config.shutdown_grace,
-        on_event: Some(Arc::new(log_server_event)),
+        on_event: Some(Arc::new(move |event: &ServerEvent<'_>| events.log(event))),
         // Only atomics are read: a scrape never waits for a worker.
         extra_metrics: Some(Arc::new(move |out: &mut String| scraped.render(out))),
         ..ServerConfig::default()
@@ -331,42 +334,6 @@ fn serve(
     let served = server.serve(|request, reply| queue.submit(request, reply));
     workers.stop();
     served.map_err(DaemonError::Serve)
-}
-
-/// Logs what the server did on its own: refusals and timeouts at warn, a
-/// client that left before its answer at info (a runtime that gave up on
-/// a request, which then goes on without anyone to answer).
-///
-/// Requests the server answered itself are logged at the level
-/// [`rejection_level`] gives their status, with the server's reason,
-/// which never holds a value from the request.
-fn log_server_event(event: &ServerEvent<'_>) {
-    match event {
-        ServerEvent::ClientGone { command } => log::info(format_args!(
-            "client left before its answer command={}",
-            Value(command)
-        )),
-        ServerEvent::Rejected { status, reason } => log::write(
-            rejection_level(*status),
-            format_args!("request rejected status={status} reason={}", Value(reason)),
-        ),
-        other => log::warn(format_args!("server event {other:?}")),
-    }
-}
-
-/// The level of the line for a request the server answered itself.
-///
-/// A request that broke the protocol (400, 404, 405, 501, 505) is the
-/// client's bug and was told so; the daemon is fine, so info. A request
-/// that hit a limit (408 too slow, 413 body too large, 431 head too large)
-/// is a warning: either a peer misbehaves or a limit is too tight for a
-/// real workload, and the operator may have to act. The 503s of shutdown
-/// are expected while the daemon stops: info. Anything else: warn.
-pub fn rejection_level(status: u16) -> log::Level {
-    match status {
-        400 | 404 | 405 | 501 | 505 | 503 => log::Level::Info,
-        _ => log::Level::Warn,
-    }
 }
 
 /// Waits for SIGTERM, SIGINT or SIGHUP on a thread of its own, then stops the
