@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use daemon_support::{
-    post, post_in_background, socket_activated, wait_for, Answer, Daemon, Fixture, DAEMON, FAILS,
-    GATE, OK, RECORDER,
+    get, post, post_in_background, socket_activated, wait_for, Answer, Daemon, Fixture, DAEMON,
+    FAILS, GATE, OK, RECORDER,
 };
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -636,6 +636,67 @@ fn sighup_stops_gracefully_like_sigterm() {
         text.contains("SIGHUP"),
         "help does not mention SIGHUP:\n{text}"
     );
+}
+
+/// Appends its command to `runs.log`, and prints nothing.
+const RECORDS_RUNS: &str = r#"#!/bin/sh
+echo "$CNI_COMMAND" >> "@DIR@/runs.log"
+"#;
+
+/// A plugin-level request as a shim forwards it: a command and no pod.
+fn plugin_level_env(command: &str) -> BTreeMap<String, String> {
+    [
+        ("CNI_COMMAND", command),
+        ("CNI_PATH", "/request/path/never/used"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+#[test]
+fn status_is_answered_by_the_daemon_and_gc_goes_to_the_plugin() {
+    let fixture = fixture("status");
+    fixture.plugin("records-runs", RECORDS_RUNS);
+    let daemon = Daemon::start(&fixture, &[]);
+    let socket = fixture.socket();
+    let runs = || fs::read_to_string(fixture.dir.join("runs.log")).unwrap_or_default();
+
+    let status = post(
+        &socket,
+        plugin_level_env("STATUS"),
+        &netconf("records-runs"),
+    );
+    assert_eq!(status.status, 200, "{status:?}");
+    assert_eq!(status.body, "", "{status:?}");
+    assert_eq!(runs(), "", "STATUS ran the plugin");
+
+    let gc = post(&socket, plugin_level_env("GC"), &netconf("records-runs"));
+    assert_eq!(gc.status, 200, "{gc:?}");
+    assert_eq!(runs(), "GC\n", "GC did not reach the plugin");
+
+    // While a plugin holds the daemon after SIGTERM, STATUS says it is
+    // not available.
+    let running = post_in_background(&socket, pod_env("ADD", "st1", "in-flight"), netconf("gate"));
+    wait_for("the plugin to start", || {
+        fixture.has_marker("start", "in-flight")
+    });
+    daemon.signal(Signal::SIGTERM);
+    // Once readiness is gone the server is draining.
+    wait_for("readyz to fail", || get(&socket, "/readyz").status != 200);
+    let status = post(
+        &socket,
+        plugin_level_env("STATUS"),
+        &netconf("records-runs"),
+    );
+    status.assert_error(50, "plugin not available");
+    status.assert_error(50, "shutting down");
+    assert_eq!(runs(), "GC\n", "STATUS ran the plugin while draining");
+
+    fixture.release("st1");
+    assert_eq!(running.join().unwrap().status, 200);
+    let (exit, log) = daemon.wait();
+    assert_eq!(exit.code(), Some(0), "exit status\n{log}");
 }
 
 /// Runs `cniserverd probe ENDPOINT`; returns its exit status.

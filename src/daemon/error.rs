@@ -17,6 +17,8 @@ pub const INVALID_ENVIRONMENT: u32 = 4;
 pub const INVALID_NETWORK_CONFIG: u32 = 7;
 /// The spec's code for a transient failure: the runtime may retry.
 pub const TRY_AGAIN_LATER: u32 = 11;
+/// The spec's code for a plugin that cannot serve requests now (STATUS).
+pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
 /// The code for failures the spec has no code for (plugin-specific range).
 pub const GENERIC_FAILURE: u32 = 999;
 

@@ -8,6 +8,11 @@
 //!                                          delegate plugin (e.g. bridge)
 //! ```
 //!
+//! STATUS is the one request the daemon answers itself, from its own
+//! state: success while it serves, the spec's code 50 ("plugin not
+//! available") once it is stopping. GC goes to the delegate like the pod
+//! verbs.
+//!
 //! The runtime execs the shim as if it were the plugin. The shim forwards
 //! its environment and netconf; the daemon execs the plugin named by the
 //! netconf key `delegateType`, found in the daemon's own plugin path, with
@@ -67,10 +72,12 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
-use crate::server::{Server, ServerConfig, ServerEvent, ShutdownHandle};
+use crate::cni::{Command, PodRequest};
+use crate::server::{PodError, ReplyHandle, Server, ServerConfig, ServerEvent, ShutdownHandle};
 use crate::settings;
 use crate::socket::SocketError;
 use config::{parse_args, DaemonConfig, FlagEnv, Invocation, USAGE};
+use error::{CniError, PLUGIN_NOT_AVAILABLE};
 use events::EventLog;
 use install::InstallError;
 use log::Value;
@@ -331,9 +338,37 @@ fn serve(
         config.mtu.map_or("none".to_owned(), |mtu| mtu.to_string()),
     ));
 
-    let served = server.serve(|request, reply| queue.submit(request, reply));
+    let stopping = server.shutdown_handle();
+    let served = server.serve(|request, reply| match request.command {
+        Command::Status => answer_status(&request, reply, stopping.is_shutting_down()),
+        _ => queue.submit(request, reply),
+    });
     workers.stop();
     served.map_err(DaemonError::Serve)
+}
+
+/// Answers STATUS from the daemon's own state, on the reactor thread and
+/// without running a plugin: success (an empty body) while it serves, the
+/// spec's code 50 once it is stopping.
+///
+/// The delegate plugin cannot answer it: the request names no container,
+/// and plugins older than CNI 1.1 reject it, so a forwarded STATUS would
+/// tell the runtime the network is never ready.
+fn answer_status(request: &PodRequest, reply: ReplyHandle, stopping: bool) {
+    if !stopping {
+        log::info(format_args!("request command=STATUS outcome=ok"));
+        reply.success(Vec::new());
+        return;
+    }
+    let error = CniError::new(
+        PLUGIN_NOT_AVAILABLE,
+        "plugin not available: the daemon is shutting down",
+    );
+    let version = delegate::cni_version_of_bytes(&request.config);
+    log::info(format_args!(
+        "request command=STATUS outcome=error code={PLUGIN_NOT_AVAILABLE}"
+    ));
+    reply.error(PodError::cni_json(error.to_json(&version)));
 }
 
 /// Waits for SIGTERM, SIGINT or SIGHUP on a thread of its own, then stops the

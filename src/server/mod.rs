@@ -235,7 +235,9 @@ impl Server {
     ///
     /// At shutdown readiness goes false and new pod requests get 503
     /// "server is shutting down", while requests the handler holds have the
-    /// grace period to finish. Then the socket is removed and `serve`
+    /// grace period to finish. Plugin-level requests (STATUS, GC) still
+    /// reach the handler then, so that it can answer them from its own
+    /// state (see [`ShutdownHandle::is_shutting_down`]). Then the socket is removed and `serve`
     /// returns. A socket handed in by a service manager stops being
     /// accepted on at once instead, so that new clients wait in its queue
     /// for the next server, while requests on the connections already

@@ -339,7 +339,10 @@ impl Reactor {
                 rejected = Some((405, "method not allowed"));
                 response::method_not_allowed(&mut out, "POST")
             }
-            "/" if refusing => {
+            // While draining, plugin-level requests (STATUS, GC) still
+            // reach the handler: they ask about the server itself, and
+            // only it can answer them in CNI terms ("not available").
+            "/" if refusing && !decode_body(body).is_ok_and(|pod| pod.is_plugin_level()) => {
                 self.metrics.request(UNDECODED, Outcome::ShuttingDown, None);
                 rejected = Some((503, SHUTTING_DOWN));
                 response::error_text(&mut out, 503, SHUTTING_DOWN);
