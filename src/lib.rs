@@ -11,12 +11,27 @@
 //! httparse, decoded into [`PodRequest`]s and handed to a handler with a
 //! [`ReplyHandle`] that may be answered from any thread.
 //!
+//! # Where things are
+//!
+//! - [`server`]: the reactor, reply handles, limits, metrics, shutdown.
+//! - [`http`]: the HTTP/1.1 codec, pure functions over bytes.
+//! - [`cni`]: commands, the request on the wire and its decoding.
+//! - [`socket`]: the socket's folder and file and their safety rules.
+//! - [`settings`]: `config.json` beside the socket; atomic file writes.
+//! - [`client`], [`shim`]: the shim's side, behind `cniserver-shim`.
+//! - [`daemon`]: the thick-plugin daemon behind `cniserverd`.
+//! - [`reference`]: the protocol's reference handler, for tests and
+//!   benchmarks.
+//!
 //! # Security
 //!
 //! The socket lives in a folder of mode 0700 and has mode 0600, so only its
-//! owner (root on a node) can connect. The request carries the shim's whole
-//! environment, which may hold secrets: nothing in this crate logs or echoes
-//! environment values.
+//! owner (root on a node) can connect, and each connection's peer uid is
+//! checked again ([`PeerPolicy`]). The request carries the shim's whole
+//! environment, which may hold secrets: nothing in this crate logs
+//! environment values, and `Debug` of an [`Env`] shows names only. The one
+//! protocol text that quotes part of it is the Go server's
+//! `invalid CNI_ARG '<piece>'`.
 //!
 //! # Examples
 //!
