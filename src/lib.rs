@@ -20,7 +20,7 @@
 //! - [`settings`]: `config.json` beside the socket; atomic file writes.
 //! - [`client`], [`shim`]: the shim's side, behind `cniserver-shim`.
 //! - [`daemon`]: the thick-plugin daemon behind `cniserverd`.
-//! - [`reference`]: the protocol's reference handler, for tests and
+//! - [`reference`](mod@reference): the protocol's reference handler, for tests and
 //!   benchmarks.
 //!
 //! # Security
