@@ -21,7 +21,8 @@ export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    # Pinned: the version these targets were written and run with.
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
 # One build for all targets, so that the time limit is all fuzzing.
