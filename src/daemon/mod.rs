@@ -181,6 +181,10 @@ impl std::error::Error for DaemonError {
 /// signals so that every thread it starts inherits the mask and only its
 /// signal thread sees them.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    // Blocked before anything is published: a stop signal that comes right
+    // after config.json or the conflist appear must still stop cleanly.
+    let signals = block_stop_signals()?;
+
     if let Some(bin_dir) = &config.install_shim {
         let installed = install::install_shim(bin_dir).map_err(DaemonError::Install)?;
         log::info(format_args!(
@@ -227,7 +231,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => None,
     };
 
-    let served = serve(server, inherited, &config, metrics);
+    let served = serve(server, inherited, signals, &config, metrics);
 
     if let (true, Some(installed)) = (config.remove_conflist_on_exit, conflist) {
         match install::remove_conflist(&installed) {
@@ -288,14 +292,9 @@ fn open_server(
     }
 }
 
-/// Starts the workers and the signal thread, and serves until stopped.
-/// `inherited` says the socket is one systemd passed.
-fn serve(
-    server: Server,
-    inherited: bool,
-    config: &DaemonConfig,
-    metrics: Arc<DaemonMetrics>,
-) -> Result<(), DaemonError> {
+/// Blocks the signals that stop the daemon, in this thread and so in every
+/// thread started after it; the signal thread waits for them.
+fn block_stop_signals() -> Result<SigSet, DaemonError> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
@@ -306,7 +305,18 @@ fn serve(
     signals
         .thread_block()
         .map_err(|e| DaemonError::Start("signal handling", e.into()))?;
+    Ok(signals)
+}
 
+/// Starts the workers and the signal thread, and serves until stopped.
+/// `inherited` says the socket is one systemd passed.
+fn serve(
+    server: Server,
+    inherited: bool,
+    signals: SigSet,
+    config: &DaemonConfig,
+    metrics: Arc<DaemonMetrics>,
+) -> Result<(), DaemonError> {
     let settings = QueueSettings {
         workers: config.workers,
         max_queue: config.max_queue,
