@@ -54,9 +54,10 @@ impl HttpError {
     }
 }
 
-impl fmt::Display for HttpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl HttpError {
+    /// The error as a short lowercase phrase.
+    pub fn as_str(self) -> &'static str {
+        match self {
             HttpError::Malformed => "malformed request",
             HttpError::BadLength => "invalid or conflicting body length",
             HttpError::BadChunk => "invalid chunked body",
@@ -65,7 +66,13 @@ impl fmt::Display for HttpError {
             HttpError::UnsupportedExpectation => "unsupported expectation",
             HttpError::UnsupportedTransferCoding => "unsupported transfer coding",
             HttpError::UnsupportedVersion => "unsupported HTTP version",
-        })
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

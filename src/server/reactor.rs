@@ -458,7 +458,7 @@ impl Reactor {
         self.metrics.http_error(error.status());
         self.emit(ServerEvent::Rejected {
             status: error.status(),
-            reason: &error.to_string(),
+            reason: error.as_str(),
         });
         let mut out = Vec::new();
         response::http_error(&mut out, error);
